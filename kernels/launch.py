@@ -1,0 +1,102 @@
+"""Launch bookkeeping shared by every kernel launcher: block choices and a launch counter.
+
+The counter is a structural fact (kernel launches per call) that the tests and
+the benchmark read; incrementing it costs one integer add per launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import triton
+
+
+def interpreting() -> bool:
+    """True when Triton's CPU interpreter runs the kernels (TRITON_INTERPRET=1 at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@dataclass
+class LaunchCounter:
+    """Kernel launches since the counter was created, by kernel name."""
+
+    total: int = 0
+    by_kernel: dict[str, int] | None = None
+
+    def add(self, name: str) -> None:
+        self.total += 1
+        if self.by_kernel is None:
+            self.by_kernel = {}
+        self.by_kernel[name] = self.by_kernel.get(name, 0) + 1
+
+
+_counters: list[LaunchCounter] = []
+
+
+@contextlib.contextmanager
+def count_launches() -> Iterator[LaunchCounter]:
+    """Count the Triton launches made by fused_rnn inside the ``with`` block."""
+    counter = LaunchCounter()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """Launch ``kernel`` on ``grid`` (skipped when the grid is empty) and count it."""
+    if any(g == 0 for g in grid):
+        return
+    kernel[grid](*args, **kwargs)
+    for counter in _counters:
+        counter.add(kernel.fn.__name__)
+
+
+@dataclass(frozen=True)
+class CellBlocks:
+    """Tile of a pointwise cell kernel: BLOCK_N rows x BLOCK_H hidden units, and warps."""
+
+    block_n: int
+    block_h: int
+    num_warps: int
+
+
+def cell_blocks(n: int, hidden: int) -> CellBlocks:
+    """Tile for the step kernels, a pure function of batch and hidden size.
+
+    About 2K elements per program per gate (4 warps): wide along the hidden
+    dimension, which is contiguous in memory, and as many rows as fit.
+    """
+    block_h = min(triton.next_power_of_2(max(hidden, 1)), 256)
+    block_n = max(1, min(triton.next_power_of_2(max(n, 1)), 2048 // block_h))
+    return CellBlocks(block_n=block_n, block_h=block_h, num_warps=4)
+
+
+_poison = False
+
+
+@contextlib.contextmanager
+def poison_outputs(enabled: bool = True) -> Iterator[None]:
+    """Fill every kernel output buffer with NaN before the kernel runs (a testing aid).
+
+    An element that a kernel forgets to write then shows up as NaN.
+    """
+    global _poison
+    previous, _poison = _poison, enabled
+    try:
+        yield
+    finally:
+        _poison = previous
+
+
+def new_output(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A new contiguous buffer with ``like``'s dtype and device, for a kernel to fill."""
+    out = like.new_empty(shape)
+    if _poison:
+        out.fill_(float("nan"))
+    return out

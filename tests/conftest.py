@@ -1,0 +1,67 @@
+"""Test setup: Triton's interpreter on CPU-only machines, NaN-poisoned outputs, device and path fixtures.
+
+Without a GPU the kernels run in Triton's CPU interpreter. TRITON_INTERPRET
+must be set before any Triton kernel is defined, so it is set here, at
+collection time, before the tests import fused_rnn (`make test` sets it too).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import contextlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fused_rnn.kernels.launch import count_launches, interpreting, poison_outputs  # noqa: E402
+
+# torch's own recurrent implementations (torch.nn's modules call them through _VF): the fused
+# path must never call them.
+_TORCH_RNN_FUNCTIONS = [
+    "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell", "lstm", "gru", "rnn_tanh", "rnn_relu",
+]
+
+
+def pytest_report_header(config):
+    where = "Triton interpreter on CPU" if interpreting() else f"GPU: {torch.cuda.get_device_name()}"
+    return f"fused-rnn kernels run in: {where}"
+
+
+@pytest.fixture(autouse=True)
+def _poison_kernel_outputs():
+    """Every buffer a kernel writes starts as NaN, so an element it forgets fails the comparison."""
+    with poison_outputs():
+        yield
+
+
+@pytest.fixture
+def device() -> str:
+    """Where the kernels run: the GPU when there is one, else the CPU through the interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _forbidden(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"torch's own RNN implementation ({name}) was called on the fused path")
+
+    return fail
+
+
+@contextlib.contextmanager
+def fused_path_only():
+    """Run the block with torch's recurrent kernels replaced by failures, and count Triton launches.
+
+    Yields the launch counter; callers assert it is non-zero, proving the Triton path ran.
+    """
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in _TORCH_RNN_FUNCTIONS:
+            mp.setattr(torch._VF, name, _forbidden(f"_VF.{name}"))
+            mp.setattr(torch, name, _forbidden(f"torch.{name}"))
+        with count_launches() as counter:
+            yield counter
+    finally:
+        mp.undo()

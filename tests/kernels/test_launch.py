@@ -1,0 +1,36 @@
+"""Launch bookkeeping: block choices, launch counting, output poisoning."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from fused_rnn.kernels import cell_kernels
+from fused_rnn.kernels.launch import cell_blocks, count_launches, new_output, poison_outputs
+
+
+def test_cell_blocks_are_powers_of_two_within_budget():
+    for n, h in itertools.product([0, 1, 3, 64, 1000, 100_000], [1, 3, 17, 100, 512, 4096]):
+        b = cell_blocks(n, h)
+        assert b.block_n & (b.block_n - 1) == 0 and b.block_h & (b.block_h - 1) == 0
+        assert b.block_n * b.block_h <= 2048 and b.block_h >= min(h, 256)
+        assert cell_blocks(n, h) == b, "a pure function of the sizes"
+
+
+def test_launches_are_counted_and_empty_grids_skipped(device):
+    ig = torch.randn(2, 3, device=device)
+    with count_launches() as outer:
+        cell_kernels.rnn_cell_forward(ig, ig, None, None, relu=False)
+        with count_launches() as inner:
+            cell_kernels.rnn_cell_forward(ig[:0], ig[:0], None, None, relu=False)
+    assert inner.total == 0
+    assert outer.total == 1 and outer.by_kernel == {"rnn_cell_fwd_kernel": 1}
+
+
+def test_poisoned_outputs_start_as_nan(device):
+    like = torch.zeros(1, device=device)
+    with poison_outputs():
+        assert new_output(like, (2, 3)).isnan().all()
+    with poison_outputs(False):
+        assert new_output(like, (2, 3)).shape == (2, 3)
