@@ -1,7 +1,12 @@
 """fused-rnn: Triton kernels for recurrent networks, as drop-in torch.nn modules."""
 
 from .cells import GRUCell, LSTMCell, RNNCell
+from .convert import convert
+from .dispatch import choose_path, force_path
 from .kernels.launch import count_launches
+from .layers import GRU, LSTM, RNN
 
-__all__ = ["LSTMCell", "GRUCell", "RNNCell", "count_launches"]
+__all__ = [
+    "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "count_launches", "choose_path", "force_path",
+]
 __version__ = "0.1.0"

@@ -100,3 +100,26 @@ def new_output(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if _poison:
         out.fill_(float("nan"))
     return out
+
+
+@dataclass(frozen=True)
+class SequenceBlocks:
+    """Tile of a sequence kernel: BLOCK_B batch rows per program, BLOCK_H output units and
+    BLOCK_K reduction units per recurrent-product block, and warps."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+
+
+def sequence_blocks(batch: int, hidden: int) -> SequenceBlocks:
+    """Tile for the sequence kernels, a pure function of batch and hidden size.
+
+    Blocks are at least 16 wide (tl.dot's minimum on tensor cores) and at most
+    64, so a program's registers stay bounded whatever the hidden size:
+    W_hh is streamed from L2 by (BLOCK_K x BLOCK_H) blocks each step.
+    """
+    block_b = min(max(16, triton.next_power_of_2(max(batch, 1))), 64)
+    block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), 64)
+    return SequenceBlocks(block_b=block_b, block_h=block_h, block_k=block_h, num_warps=4)

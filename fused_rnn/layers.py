@@ -1,0 +1,211 @@
+"""Drop-in torch.nn.LSTM, GRU and RNN running each layer and direction as one Triton sequence kernel.
+
+The modules subclass torch.nn's: same constructor, parameters, state_dict,
+validation (torch's own ``check_forward_args``), input kinds (batched,
+batch_first, unbatched, PackedSequence) and outputs. Where the Triton kernels
+cannot run (CPU tensors without the interpreter) the parent's forward runs.
+
+Per layer and direction: one GEMM for the input projection of the whole
+sequence (biases folded in, except GRU's b_hn), then one launch of
+``fused_rnn::sequence`` (or the stepwise path, see ``dispatch``). A
+PackedSequence is scattered once into a padded (T, B) layout with a lengths
+vector; the kernels handle the lengths.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import cell_ops, sequence_ops
+from .backend import triton_runs_on
+from .dispatch import choose_path
+from .kernels import sequence_kernels as K
+
+
+def _cell_id(module: nn.RNNBase) -> int:
+    return K.CELLS[module.mode]
+
+
+def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:
+    """Input projection of the whole sequence, (T, B, I) -> (T, B, G), with the biases folded in.
+
+    GRU keeps b_hn apart (it sits inside r * (W_hn h + b_hn)); it is returned separately.
+    """
+    if b_ih is None:
+        return F.linear(x, w_ih), None
+    if cell == K.GRU:
+        hidden = w_ih.shape[0] // 3
+        b_hn = b_hh[2 * hidden :]
+        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
+        return F.linear(x, w_ih, bias), b_hn
+    return F.linear(x, w_ih, b_ih + b_hh), None
+
+
+def _reverse_index(lengths: Tensor, T: int) -> Tensor:
+    """(T, B) time index that reverses each row within its length (an involution)."""
+    t = torch.arange(T, device=lengths.device)[:, None]
+    return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
+def _stepwise(cell: int, xp, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: bool):
+    """One layer and direction as a Python loop over time of a matmul and the fused cell op."""
+    T = xp.shape[0]
+    if reverse:
+        idx = _reverse_index(lengths, T)
+        xp = xp.gather(0, idx[..., None].expand_as(xp))
+    valid = (torch.arange(T, device=xp.device)[:, None] < lengths[None, :])[..., None]
+    if cell == K.GRU and b_hn is not None:
+        b_h = torch.cat([torch.zeros_like(b_hn), torch.zeros_like(b_hn), b_hn])
+        b_i = torch.zeros_like(b_h)
+    else:
+        b_i = b_h = None
+    h, c, ys = h0, c0, []
+    for t in range(T):
+        hg = F.linear(h, w_hh)
+        if cell == K.LSTM:
+            h_new, c_new = cell_ops.lstm_cell(xp[t], hg, None, None, c)
+            if w_hr is not None:
+                h_new = F.linear(h_new, w_hr)
+            c = torch.where(valid[t], c_new, c)
+        elif cell == K.GRU:
+            h_new = cell_ops.gru_cell(xp[t], hg, b_i, b_h, h)
+        else:
+            h_new = cell_ops.rnn_cell(xp[t], hg, None, None, cell == K.RNN_RELU)
+        h = torch.where(valid[t], h_new, h)
+        ys.append(torch.where(valid[t], h_new, torch.zeros_like(h_new)))
+    y = torch.stack(ys)
+    if reverse:
+        y = y.gather(0, idx[..., None].expand_as(y))
+    return y, h, c
+
+
+def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, Tensor]:
+    """Packed data (N, I) -> padded (T, B, I), lengths (B,) and the flat positions of the packed rows."""
+    batch_sizes = packed.batch_sizes
+    T, B = batch_sizes.numel(), int(batch_sizes[0])
+    valid = torch.arange(B)[None, :] < batch_sizes[:, None]
+    positions = valid.flatten().nonzero().squeeze(1).to(packed.data.device)
+    lengths = valid.sum(0).to(packed.data.device)
+    padded = packed.data.new_zeros(T * B, packed.data.shape[-1]).index_copy(0, positions, packed.data)
+    return padded.view(T, B, -1), lengths, positions
+
+
+def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor):
+    """All layers and directions over padded time-major x (T, B, I).
+
+    h0 (L*D, B, H_out), c0 (L*D, B, H) or None. Returns y (T, B, D*H_out), h_n, c_n.
+    """
+    cell = _cell_id(module)
+    dirs = 2 if module.bidirectional else 1
+    weights = module._flat_weights
+    per = len(weights) // (module.num_layers * dirs)
+    proj = getattr(module, "proj_size", 0)
+    path = choose_path(module.mode, module.hidden_size, proj, x.shape[1], x.dtype, x.device)
+    h_n, c_n = [], []
+    for layer in range(module.num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w = weights[k * per : (k + 1) * per]
+            w_ih, w_hh = w[0], w[1]
+            b_ih, b_hh = (w[2], w[3]) if module.bias else (None, None)
+            w_hr = w[-1] if proj > 0 else None
+            xp, b_hn = _project(x, w_ih, b_ih, b_hh, cell)
+            c_init = c0[k] if c0 is not None else None
+            if path == "stepwise":
+                y, h, c = _stepwise(cell, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1)
+            else:
+                y, h, c, _, _ = sequence_ops.sequence(xp, w_hh, b_hn, h0[k], c_init, lengths, cell, d == 1)
+            outs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+        if module.dropout > 0 and module.training and layer < module.num_layers - 1:
+            x = F.dropout(x, module.dropout, training=True)
+    return x, torch.stack(h_n), (torch.stack(c_n) if cell == K.LSTM else None)
+
+
+def fused_forward(module: nn.RNNBase, input, hx):
+    """torch.nn.RNNBase.forward's contract on the fused kernels."""
+    module._update_flat_weights()
+    is_lstm = module.mode == "LSTM"
+    dirs = 2 if module.bidirectional else 1
+    h_out = module.proj_size if module.proj_size > 0 else module.hidden_size
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        batch, is_batched = int(batch_sizes[0]), True
+        x = data
+    else:
+        batch_sizes = sorted_indices = unsorted_indices = None
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{type(module).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        x = input if is_batched else input.unsqueeze(0 if module.batch_first else 1)
+        batch = x.size(0) if module.batch_first else x.size(1)
+    if hx is None:
+        zeros = torch.zeros(module.num_layers * dirs, batch, h_out, dtype=x.dtype, device=x.device)
+        c_zeros = torch.zeros(module.num_layers * dirs, batch, module.hidden_size, dtype=x.dtype, device=x.device)
+        hx = (zeros, c_zeros) if is_lstm else zeros
+    elif not packed:
+        states = hx if is_lstm else (hx,)
+        want = 3 if is_batched else 2
+        if any(s.dim() != want for s in states):
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            dims = ", ".join(f"{s.dim()}-D" for s in states)
+            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got ({dims}) tensors")
+        if not is_batched:
+            hx = tuple(s.unsqueeze(1) for s in hx) if is_lstm else hx.unsqueeze(1)
+    if packed or hx is not None:
+        hx = module.permute_hidden(hx, sorted_indices)
+    module.check_forward_args(x, hx, batch_sizes)
+    if packed:
+        padded, lengths, positions = _unpack(input)
+    else:
+        padded = x.transpose(0, 1) if module.batch_first else x
+        if padded.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        lengths = torch.full((padded.shape[1],), padded.shape[0], dtype=torch.int64, device=x.device)
+    h0, c0 = hx if is_lstm else (hx, None)
+    y, h_n, c_n = run_layers(module, padded, h0, c0, lengths)
+    if packed:
+        data = y.reshape(-1, y.shape[-1]).index_select(0, positions)
+        output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+    else:
+        output = y.transpose(0, 1) if module.batch_first else y
+        if not is_batched:
+            output = output.squeeze(0 if module.batch_first else 1)
+    hidden = (h_n, c_n) if is_lstm else h_n
+    if not packed and not is_batched:
+        hidden = tuple(s.squeeze(1) for s in hidden) if is_lstm else hidden.squeeze(1)
+    return output, module.permute_hidden(hidden, unsorted_indices)
+
+
+class LSTM(nn.LSTM):
+    """torch.nn.LSTM on Triton sequence kernels (one launch per layer and direction)."""
+
+    def forward(self, input, hx=None):
+        if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
+            return super().forward(input, hx)
+        return fused_forward(self, input, hx)
+
+
+class GRU(nn.GRU):
+    """torch.nn.GRU on Triton sequence kernels (one launch per layer and direction)."""
+
+    def forward(self, input, hx=None):
+        if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
+            return super().forward(input, hx)
+        return fused_forward(self, input, hx)
+
+
+class RNN(nn.RNN):
+    """torch.nn.RNN (tanh or relu) on Triton sequence kernels (one launch per layer and direction)."""
+
+    def forward(self, input, hx=None):
+        if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
+            return super().forward(input, hx)
+        return fused_forward(self, input, hx)

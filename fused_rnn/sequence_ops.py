@@ -1,0 +1,117 @@
+"""One recurrent layer and direction over a whole sequence, as a torch.library custom op.
+
+``fused_rnn::sequence`` runs the time loop in one Triton launch; its autograd
+runs the reverse-time Triton kernel for the gate gradients and the carried
+state gradient, then takes the weight gradient from one GEMM over the whole
+sequence. The input projection (x W_ih^T + biases) is a torch GEMM outside
+the op, so autograd gives dX, dW_ih and the bias gradients from the gate
+gradients with one GEMM each.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .kernels import sequence_kernels as K
+
+LSTM, GRU = K.LSTM, K.GRU
+
+
+@torch.library.custom_op("fused_rnn::sequence", mutates_args=())
+def sequence(
+    xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor, cell: int,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """xp (T, B, G), w_hh (G, H), b_hn (H,) GRU only, h0/c0 (B, H), lengths (B,) int64.
+
+    Returns y (T, B, H), h_n (B, H), c_n (B, H) (empty unless LSTM), and the
+    saved gates and cell states for backward.
+    """
+    y, h_n, c_n, ws, cs = K.sequence_forward(xp, w_hh, b_hn, h0, c0, lengths, cell, reverse)
+    return y, h_n.clone(), c_n, ws, cs
+
+
+@torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())
+def sequence_backward(
+    dy: Tensor, dh_n: Tensor, dc_n: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor,
+    y: Tensor, ws: Tensor, cs: Tensor, cell: int, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gate gradients (T, B, GS), dh0 and dc0 (B, H) in the compute dtype (dc0 empty unless LSTM)."""
+    dg, dh0, dc0 = K.sequence_backward(dy, dh_n, dc_n, w_hh, h0, c0, lengths, y, ws, cs, cell, reverse)
+    return dg, dh0.clone(), dc0
+
+
+def _acc(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@sequence.register_fake
+def _(xp, w_hh, b_hn, h0, c0, lengths, cell, reverse):
+    T, B, _ = xp.shape
+    H = w_hh.shape[1]
+    acc = _acc(xp)
+    lstm = cell == LSTM
+    saved = K.SAVED[cell] * H
+    return (
+        xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty((B, H) if lstm else (0,)),
+        xp.new_empty((T, B, saved) if saved else (0,), dtype=acc), xp.new_empty((T, B, H) if lstm else (0,), dtype=acc),
+    )
+
+
+@sequence_backward.register_fake
+def _(dy, dh_n, dc_n, w_hh, h0, c0, lengths, y, ws, cs, cell, reverse):
+    T, B, H = y.shape
+    gs = (4 if cell in (LSTM, GRU) else 1) * H
+    acc = _acc(y)
+    return y.new_empty(T, B, gs), y.new_empty(B, H, dtype=acc), y.new_empty((B, H) if cell == LSTM else (0,), dtype=acc)
+
+
+def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
+    """h_{t-1} for every time position, (T, B, H): what each step's recurrent product read.
+
+    Forward: [h0, y_0, ..., y_{T-2}]. Reverse: y_{t+1}, and h0 at each row's last valid step.
+    Positions past a row's length get values whose gate gradients are zero.
+    """
+    if not reverse:
+        return torch.cat([h0.unsqueeze(0), y[:-1]], dim=0)
+    prev = torch.cat([y[1:], torch.zeros_like(y[:1])], dim=0)
+    rows = torch.arange(y.shape[1], device=y.device)
+    return prev.index_put((lengths - 1, rows), h0)
+
+
+def _setup(ctx, inputs, output) -> None:
+    xp, w_hh, b_hn, h0, c0, lengths, cell, reverse = inputs
+    y, h_n, c_n, ws, cs = output
+    ctx.cell, ctx.reverse, ctx.has_bhn = cell, reverse, b_hn is not None
+    ctx.mark_non_differentiable(ws, cs)
+    ctx.save_for_backward(w_hh, h0, c0, lengths, y, ws, cs)
+
+
+def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs):
+    w_hh, h0, c0, lengths, y, ws, cs = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            "double backward (create_graph=True) through fused_rnn's sequence layers is not supported yet; "
+            "the fused cells (fused_rnn.LSTMCell/GRUCell/RNNCell) support it"
+        )
+    cell = ctx.cell
+    dg, dh0, dc0 = sequence_backward(
+        dy, dh_n, dc_n if cell == LSTM else None, w_hh, h0, c0, lengths, y, ws, cs, cell, ctx.reverse
+    )
+    T, B, H = y.shape
+    if cell == GRU:
+        d_xp = dg[..., : 3 * H]
+        d_hidden = torch.cat([dg[..., : 2 * H], dg[..., 3 * H :]], dim=-1)
+        d_bhn = dg[..., 3 * H :].sum((0, 1)) if ctx.has_bhn else None
+    else:
+        d_xp, d_hidden, d_bhn = dg, dg, None
+    d_w = None
+    if ctx.needs_input_grad[1]:
+        h_prev = previous_states(y, h0, lengths, ctx.reverse)
+        d_w = d_hidden.reshape(T * B, -1).t().mm(h_prev.reshape(T * B, H).to(d_hidden.dtype))
+    d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None
+    return d_xp, d_w, d_bhn, dh0.to(h0.dtype), d_c0, None, None, None
+
+
+sequence.register_autograd(_backward, setup_context=_setup)

@@ -1,0 +1,360 @@
+"""Sequence kernels: a whole layer and direction in one launch, looping over time on the GPU.
+
+Each program owns BLOCK_B rows of the batch and the whole hidden state of
+those rows. Per time step it computes the recurrent product h_{t-1} W_hh^T
+with ``tl.dot`` (fp32 accumulation, fp64 for fp64), streaming W_hh by
+(BLOCK_K x BLOCK_H) blocks from L2, adds the precomputed input projection and
+applies the cell math of ``cell_math``. The state is exchanged between column
+blocks through a small ping-pong scratch buffer with a program-level barrier
+between steps; nothing is shared between programs, so the interpreter runs it.
+
+Variable lengths come from a per-row ``lengths`` vector: at step s row b is
+active while s < lengths[b]; the forward direction reads time s, the reverse
+direction time lengths[b] - 1 - s. An inactive row keeps its state and writes
+zeros at time s (which is then padding), so every padded output is zero and
+h_n is each row's state at its last valid step. T and B are runtime values
+(not specialised on).
+
+CELL: 0 LSTM (gates i, f, g, o), 1 GRU (r, z, n), 2 RNN tanh, 3 RNN relu.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .cell_math import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
+from .launch import interpreting, launch, new_output, sequence_blocks
+
+LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
+CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU}
+GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
+# Gate values saved per step for backward (LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn).
+SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 0, RNN_RELU: 0}
+
+
+@triton.jit
+def _step_rows(s, lengths, REVERSE: tl.constexpr):
+    """Time index of each row at step s and whether the row is active (s < its length).
+
+    Inactive rows point at time s, a padding position, where they write zeros.
+    """
+    active = s < lengths
+    if REVERSE:
+        t = tl.where(active, lengths - 1 - s, s)
+    else:
+        t = tl.zeros_like(lengths) + s
+    return t, active
+
+
+@triton.jit
+def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk, w_row0, cols, ncols,
+                  ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_B, BLOCK_H) block of A[t, rows, a_col0 : a_col0 + K] @ W[w_row0 + cols, :K]^T, streaming K.
+
+    ``t`` is a per-row time index into A (zeros for a 2-D A); ``cols`` run over
+    0..BLOCK_H and only the first ``ncols`` are real.
+
+    ``w`` is addressed as W[r, k] = w + r * s_wr + k * s_wk, so the same code
+    multiplies by W_hh^T (forward) or, with the strides swapped, by W_hh (backward).
+    """
+    acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+        wt = tl.load(w + (w_row0 + cols)[None, :] * s_wr + ks[:, None] * s_wk,
+                     mask=kmask[:, None] & (cols < ncols)[None, :], other=0.0)
+        if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
+            x = x.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc = tl.dot(x, wt.to(x.dtype), acc, input_precision=DOT_PREC)
+    return acc
+
+
+@triton.jit
+def _at(ptr, s_t, s_b, s_c, t, rows, col0, cols):
+    """Pointers of ptr[t[row], row, col0 + col] for a (BLOCK_B, BLOCK_H) block (per-row time index)."""
+    return ptr + t[:, None] * s_t + rows[:, None] * s_b + (col0 + cols)[None, :] * s_c
+
+
+@triton.jit(do_not_specialize=["T", "B"])
+def sequence_fwd_kernel(
+    xp, s_xt, s_xb, s_xg,  # (T, B, G) input projection x W_ih^T with the foldable biases added
+    w, s_wg, s_wk,  # (G, H) W_hh
+    b_hn, s_bhn,  # (H,) GRU's b_hn (inside r * (W_hn h + b_hn)), read when HAS_BHN
+    h0, s_h0b, s_h0h,  # (B, H) initial hidden state
+    c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
+    lengths,  # (B,) int64 valid length of each row
+    y, s_yt, s_yb, s_yh,  # out (T, B, H) outputs, zero past each row's length
+    hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, H) h ping-pong; after T steps hbuf[T % 2] is h_n
+    cbuf, s_cbb, s_cbh,  # scratch (B, H) cell state in the compute dtype; c_n at the end (LSTM)
+    ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU)
+    cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM)
+    T, B, H,
+    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, ACC: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    zero_b = tl.zeros_like(lens)
+    for j in range(0, H, BLOCK_H):
+        cols = tl.arange(0, BLOCK_H).to(tl.int64)
+        m = rmask[:, None] & ((j + cols) < H)[None, :]
+        v = tl.load(_at(h0, 0, s_h0b, s_h0h, zero_b, rows, j, cols), mask=m)
+        tl.store(_at(hbuf, 0, s_hbb, s_hbh, zero_b, rows, j, cols), v, mask=m)
+        if CELL == 0:
+            v = tl.load(_at(c0, 0, s_c0b, s_c0h, zero_b, rows, j, cols), mask=m)
+            tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), v, mask=m)
+    tl.debug_barrier()
+    for s in range(T):
+        h_cur = hbuf + (s % 2) * s_hbp
+        h_nxt = hbuf + ((s + 1) % 2) * s_hbp
+        t, active = _step_rows(s, lens, REVERSE)
+        for j in range(0, H, BLOCK_H):
+            cols = tl.arange(0, BLOCK_H).to(tl.int64)
+            m = rmask[:, None] & ((j + cols) < H)[None, :]
+            am = m & active[:, None]
+            h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+            if CELL == 0:
+                pre_i = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, j, cols, H - j,
+                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre_f = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, H + j, cols, H - j,
+                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre_g = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, 2 * H + j, cols, H - j,
+                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre_o = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, 3 * H + j, cols, H - j,
+                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre_i += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                pre_f += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
+                pre_g += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                pre_o += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                c_prev = tl.load(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+                h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
+                tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), tl.where(active[:, None], c, c_prev), mask=m)
+                tl.store(_at(cs, s_cst, s_csb, s_csh, t, rows, j, cols), c, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), i, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), f, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), g, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), o, mask=am)
+            elif CELL == 1:
+                h_r = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                h_z = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, H + j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                h_n = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, 2 * H + j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                if HAS_BHN:
+                    h_n += tl.load(b_hn + (j + cols) * s_bhn, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
+                x_r = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                x_z = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
+                x_n = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), r, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), z, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), n, mask=am)
+                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), h_n, mask=am)
+            else:
+                pre = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                h = rnn_forward(pre, CELL == 3)
+            h_keep = tl.where(active[:, None], h, h_prev)
+            tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), h_keep, mask=m)
+            tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["T", "B"])
+def sequence_bwd_kernel(
+    dy, s_dyt, s_dyb, s_dyh,  # (T, B, H) gradient of the outputs
+    dhn, s_dhnb, s_dhnh,  # (B, H) gradient of h_n
+    dcn, s_dcnb, s_dcnh,  # (B, H) gradient of c_n (LSTM)
+    w, s_wg, s_wk,  # (G, H) W_hh
+    h0, s_h0b, s_h0h,  # (B, H) initial hidden state (GRU needs h_prev)
+    c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
+    lengths,  # (B,) int64
+    y, s_yt, s_yb, s_yh,  # (T, B, H) forward outputs
+    ws, s_wst, s_wsb, s_wsg,  # (T, B, 4H) saved gate values
+    cs, s_cst, s_csb, s_csh,  # (T, B, H) saved cell states (LSTM)
+    dg, s_dgt, s_dgb, s_dgg,  # out (T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
+    dhbuf, s_dhp, s_dhb, s_dhh,  # scratch (2, B, H) dh carry (compute dtype) ping-pong; dh0 in dhbuf[T % 2] at the end
+    dcbuf, s_dcb, s_dch,  # scratch (B, H) dc carry (compute dtype); dc0 at the end (LSTM)
+    T, B, H,
+    CELL: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    zero_b = tl.zeros_like(lens)
+    for j in range(0, H, BLOCK_H):
+        cols = tl.arange(0, BLOCK_H).to(tl.int64)
+        m = rmask[:, None] & ((j + cols) < H)[None, :]
+        v = tl.load(_at(dhn, 0, s_dhnb, s_dhnh, zero_b, rows, j, cols), mask=m)
+        tl.store(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), v, mask=m)
+        if CELL == 0:
+            v = tl.load(_at(dcn, 0, s_dcnb, s_dcnh, zero_b, rows, j, cols), mask=m)
+            tl.store(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), v, mask=m)
+    tl.debug_barrier()
+    for r_step in range(T):
+        s = T - 1 - r_step
+        d_cur = dhbuf + (r_step % 2) * s_dhp
+        d_nxt = dhbuf + ((r_step + 1) % 2) * s_dhp
+        t, active = _step_rows(s, lens, REVERSE)
+        if REVERSE:
+            tp = t + 1
+        else:
+            tp = t - 1
+        first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
+        # Phase A: gate gradients of this step, column block by column block.
+        for j in range(0, H, BLOCK_H):
+            cols = tl.arange(0, BLOCK_H).to(tl.int64)
+            m = rmask[:, None] & ((j + cols) < H)[None, :]
+            am = m & active[:, None]
+            carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
+            dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+            direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+            if CELL == 0:
+                dc = tl.load(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+                i = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                f = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
+                g = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                o = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                c = tl.load(_at(cs, s_cst, s_csb, s_csh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                c_prev = tl.load(_at(cs, s_cst, s_csb, s_csh, tp, rows, j, cols), mask=am & ~first, other=0.0)
+                c_prev += tl.load(_at(c0, 0, s_c0b, s_c0h, zero_b, rows, j, cols), mask=am & first, other=0.0)
+                d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
+                tl.store(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_i, 0.0), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, H + j, cols), tl.where(active[:, None], d_f, 0.0), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 2 * H + j, cols), tl.where(active[:, None], d_g, 0.0), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 3 * H + j, cols), tl.where(active[:, None], d_o, 0.0), mask=m)
+            elif CELL == 1:
+                r = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                z = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
+                n = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                h_n = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                h_prev = tl.load(_at(y, s_yt, s_yb, s_yh, tp, rows, j, cols), mask=am & ~first, other=0.0)
+                h_prev += tl.load(_at(h0, 0, s_h0b, s_h0h, zero_b, rows, j, cols), mask=am & first, other=0.0)
+                d_r, d_z, d_xn, d_hn, direct = gru_backward(dh, h_prev.to(ACC), r, z, n, h_n)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_r, 0.0), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, H + j, cols), tl.where(active[:, None], d_z, 0.0), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 2 * H + j, cols), tl.where(active[:, None], d_xn, 0.0), mask=m)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 3 * H + j, cols), tl.where(active[:, None], d_hn, 0.0), mask=m)
+            else:
+                h = tl.load(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                d_pre = rnn_backward(dh, h, CELL == 3)
+                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
+            # The carry of an inactive row passes through unchanged.
+            nxt = tl.where(active[:, None], direct, carry)
+            tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
+        tl.debug_barrier()
+        # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
+        for j in range(0, H, BLOCK_H):
+            cols = tl.arange(0, BLOCK_H).to(tl.int64)
+            m = rmask[:, None] & ((j + cols) < H)[None, :]
+            # W_hh^T addressed as rows = hidden units (stride s_wk), k = gate units (stride s_wg).
+            if CELL == 0:
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 4 * H, w, s_wk, s_wg, j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            elif CELL == 1:
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 2 * H, w, s_wk, s_wg, j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + 2 * H * s_wg, s_wk, s_wg,
+                                     j, cols, H - j, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            else:
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, H - j,
+                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            p = _at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols)
+            old = tl.load(p, mask=m, other=0.0)
+            tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
+        tl.debug_barrier()
+
+
+# ----------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int) -> tuple[tuple[int], dict]:
+    blocks = sequence_blocks(batch, hidden)
+    meta = dict(
+        CELL=cell, REVERSE=reverse, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+        DOT_FP32=interpreting() and dtype == torch.bfloat16,
+        # fp32 products follow cuDNN's RNN switch, as torch.nn.LSTM does on a GPU.
+        DOT_PREC="tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee",
+        BLOCK_B=blocks.block_b, BLOCK_H=blocks.block_h, BLOCK_K=blocks.block_k, num_warps=blocks.num_warps,
+    )
+    return (triton.cdiv(batch, blocks.block_b),), meta
+
+
+def sequence_forward(xp, w_hh, b_hn, h0, c0, lengths, cell: int, reverse: bool):
+    """One layer and direction over the whole sequence.
+
+    xp (T, B, G) input projection with biases folded, w_hh (G, H), b_hn (H,) or
+    None (GRU), h0 and c0 (B, H) (c0 only for LSTM), lengths (B,) int64.
+    Returns y (T, B, H), h_n (B, H), c_n (B, H) or an empty tensor, and the
+    saved gates (T, B, 4H) and cell states (T, B, H) (empty where unused).
+    """
+    T, B, _ = xp.shape
+    H = w_hh.shape[1]
+    acc = _compute_dtype(xp.dtype)
+    y = new_output(xp, (T, B, H))
+    hbuf = new_output(xp, (2, B, H))
+    is_lstm = cell == LSTM
+    cbuf = new_output(xp.new_empty(0, dtype=acc), (B, H) if is_lstm else (0,))
+    ws = new_output(cbuf, (T, B, SAVED[cell] * H) if SAVED[cell] else (0,))
+    cs = new_output(cbuf, (T, B, H) if is_lstm else (0,))
+    c0_ = c0 if c0 is not None else h0
+    grid, meta = _meta(cell, reverse, xp.dtype, B, H)
+    launch(
+        sequence_fwd_kernel, grid,
+        xp, *xp.stride(), w_hh, *w_hh.stride(),
+        b_hn if b_hn is not None else xp, b_hn.stride(0) if b_hn is not None else 0,
+        h0, *h0.stride(), c0_, *c0_.stride(), lengths,
+        y, *y.stride(), hbuf, *hbuf.stride(),
+        cbuf, *(cbuf.stride() if is_lstm else (0, 0)),
+        ws, *(ws.stride() if SAVED[cell] else (0, 0, 0)),
+        cs, *(cs.stride() if is_lstm else (0, 0, 0)),
+        T, B, H, HAS_BHN=b_hn is not None, **meta,
+    )
+    h_n = hbuf[T % 2]
+    c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
+    return y, h_n, c_n, ws, cs
+
+
+def sequence_backward(dy, dh_n, dc_n, w_hh, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool):
+    """Reverse-time pass of one layer and direction.
+
+    Gradients dy (T, B, H), dh_n and dc_n (B, H) (dc_n only for LSTM), and the
+    forward's tensors. Returns the gate gradients (T, B, GS) with GS = 4H, 4H
+    (GRU: r, z, input-side n, hidden-side n) or H, zero past each length, and
+    dh0, dc0 (B, H) (dc0 empty except for LSTM), in the compute dtype.
+    """
+    T, B, H = y.shape
+    gs = {LSTM: 4, GRU: 4}.get(cell, 1) * H
+    acc = _compute_dtype(y.dtype)
+    dg = new_output(y, (T, B, gs))
+    dhbuf = new_output(y.new_empty(0, dtype=acc), (2, B, H))
+    is_lstm = cell == LSTM
+    dcbuf = new_output(dhbuf, (B, H) if is_lstm else (0,))
+    c0_ = c0 if c0 is not None else h0
+    dc_n_ = dc_n if dc_n is not None else dh_n
+    grid, meta = _meta(cell, reverse, y.dtype, B, H)
+    launch(
+        sequence_bwd_kernel, grid,
+        dy, *dy.stride(), dh_n, *dh_n.stride(), dc_n_, *dc_n_.stride(), w_hh, *w_hh.stride(),
+        h0, *h0.stride(), c0_, *c0_.stride(), lengths, y, *y.stride(),
+        ws, *(ws.stride() if SAVED[cell] else (0, 0, 0)),
+        cs, *(cs.stride() if is_lstm else (0, 0, 0)),
+        dg, *dg.stride(), dhbuf, *dhbuf.stride(),
+        dcbuf, *(dcbuf.stride() if is_lstm else (0, 0)),
+        T, B, H, **meta,
+    )
+    return dg, dhbuf[T % 2], dcbuf
