@@ -230,3 +230,39 @@ def test_tied_and_noncontiguous_weights(device):
         y, h = fused(x)
     y_ref, h_ref = ref(x)
     assert rel_err(y, y_ref) <= TOL[torch.float64] and rel_err(h, h_ref) <= TOL[torch.float64]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_types_against_float64(cell, dtype, device):
+    """fp16/bf16 storage with fp32 state and math, against float64 torch.nn on the same rounded values."""
+    fused, _ = make_pair(cell, dtype, device, num_layers=2, bidirectional=True)
+    ref = make_pair(cell, torch.float64, device, num_layers=2, bidirectional=True)[1]
+    ref.load_state_dict({k: v.double() for k, v in fused.state_dict().items()})
+    x = torch.randn(T, B, I, device=device).to(dtype).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    with fused_path_only():
+        y, _ = fused(x)
+        (gx,) = torch.autograd.grad(y.float().square().sum(), x)
+    y_ref, _ = ref(x64)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x64)
+    assert y.dtype == dtype
+    assert rel_err(y, y_ref) <= TOL[dtype] and rel_err(gx, gx_ref) <= TOL[dtype]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU-only: the classic size is too slow for the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_classic_size_on_gpu(cell, dtype, monkeypatch):
+    """T=100, B=64, input = hidden = 512 against float64 torch.nn (fp32 products in IEEE, not TF32)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    fused = (fused_rnn.RNN(512, 512, nonlinearity=cell[4:].lower()) if cell.startswith("RNN")
+             else getattr(fused_rnn, cell)(512, 512)).cuda().to(dtype)
+    ref = type(fused).__mro__[1](512, 512, **({"nonlinearity": cell[4:].lower()} if cell.startswith("RNN") else {}))
+    ref = ref.cuda().double()
+    ref.load_state_dict({k: v.double() for k, v in fused.state_dict().items()})
+    x = torch.randn(100, 64, 512, device="cuda").to(dtype)
+    with fused_path_only():
+        y, _ = fused(x)
+    y_ref, _ = ref(x.double())
+    assert rel_err(y, y_ref) <= TOL[dtype]
