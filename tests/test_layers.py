@@ -266,3 +266,19 @@ def test_classic_size_on_gpu(cell, dtype, monkeypatch):
         y, _ = fused(x)
     y_ref, _ = ref(x.double())
     assert rel_err(y, y_ref) <= TOL[dtype]
+
+
+def test_weight_norm_and_reassigned_weights(device):
+    fused, ref = make_pair("LSTM", torch.float64, device)
+    for m in (fused, ref):
+        torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l0")
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device)
+    with fused_path_only():
+        y, _ = fused(x)
+    assert rel_err(y, ref(x)[0]) <= TOL[torch.float64]
+    for m in (fused, ref):
+        m.weight_ih_l0 = torch.nn.Parameter(torch.ones_like(m.weight_ih_l0) * 0.1)
+    with fused_path_only():
+        y, _ = fused(x)
+    assert rel_err(y, ref(x)[0]) <= TOL[torch.float64]
