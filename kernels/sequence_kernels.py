@@ -79,6 +79,16 @@ def _at(ptr, s_t, s_b, s_c, t, rows, col0, cols):
     return ptr + t[:, None] * s_t + rows[:, None] * s_b + (col0 + cols)[None, :] * s_c
 
 
+@triton.jit
+def _copy_rows(src, s_sb, s_sh, dst, s_db, s_dh, rows, rmask, H, BLOCK_H: tl.constexpr):
+    """dst[rows, :H] = src[rows, :H] (cast to dst's dtype), by BLOCK_H columns: seeds a scratch state."""
+    for j in range(0, H, BLOCK_H):
+        cols = j + tl.arange(0, BLOCK_H).to(tl.int64)
+        m = rmask[:, None] & (cols < H)[None, :]
+        v = tl.load(src + rows[:, None] * s_sb + cols[None, :] * s_sh, mask=m)
+        tl.store(dst + rows[:, None] * s_db + cols[None, :] * s_dh, v, mask=m)
+
+
 @triton.jit(do_not_specialize=["T", "B"])
 def sequence_fwd_kernel(
     xp, s_xt, s_xb, s_xg,  # (T, B, G) input projection x W_ih^T with the foldable biases added
@@ -101,14 +111,9 @@ def sequence_fwd_kernel(
     rmask = rows < B
     lens = tl.load(lengths + rows, mask=rmask, other=0)
     zero_b = tl.zeros_like(lens)
-    for j in range(0, H, BLOCK_H):
-        cols = tl.arange(0, BLOCK_H).to(tl.int64)
-        m = rmask[:, None] & ((j + cols) < H)[None, :]
-        v = tl.load(_at(h0, 0, s_h0b, s_h0h, zero_b, rows, j, cols), mask=m)
-        tl.store(_at(hbuf, 0, s_hbb, s_hbh, zero_b, rows, j, cols), v, mask=m)
-        if CELL == 0:
-            v = tl.load(_at(c0, 0, s_c0b, s_c0h, zero_b, rows, j, cols), mask=m)
-            tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), v, mask=m)
+    _copy_rows(h0, s_h0b, s_h0h, hbuf, s_hbb, s_hbh, rows, rmask, H, BLOCK_H)
+    if CELL == 0:
+        _copy_rows(c0, s_c0b, s_c0h, cbuf, s_cbb, s_cbh, rows, rmask, H, BLOCK_H)
     tl.debug_barrier()
     for s in range(T):
         h_cur = hbuf + (s % 2) * s_hbp
@@ -191,14 +196,9 @@ def sequence_bwd_kernel(
     rmask = rows < B
     lens = tl.load(lengths + rows, mask=rmask, other=0)
     zero_b = tl.zeros_like(lens)
-    for j in range(0, H, BLOCK_H):
-        cols = tl.arange(0, BLOCK_H).to(tl.int64)
-        m = rmask[:, None] & ((j + cols) < H)[None, :]
-        v = tl.load(_at(dhn, 0, s_dhnb, s_dhnh, zero_b, rows, j, cols), mask=m)
-        tl.store(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), v, mask=m)
-        if CELL == 0:
-            v = tl.load(_at(dcn, 0, s_dcnb, s_dcnh, zero_b, rows, j, cols), mask=m)
-            tl.store(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), v, mask=m)
+    _copy_rows(dhn, s_dhnb, s_dhnh, dhbuf, s_dhb, s_dhh, rows, rmask, H, BLOCK_H)
+    if CELL == 0:
+        _copy_rows(dcn, s_dcnb, s_dcnh, dcbuf, s_dcb, s_dch, rows, rmask, H, BLOCK_H)
     tl.debug_barrier()
     for r_step in range(T):
         s = T - 1 - r_step
