@@ -117,8 +117,13 @@ def _differentiable_grads(
     """Gradients of ``fn(*inputs)`` by autograd through plain torch ops, keeping their graph.
 
     Used when backward itself is being differentiated (create_graph=True).
+    Each input is first aliased by a view: the gradient is then taken with
+    respect to this use of the input only, not through other paths by which
+    it may feed another input (a GRU's hx also feeds hg = hx W_hh^T), while
+    the result stays differentiable with respect to the input itself.
     """
     with torch.enable_grad():
+        inputs = [x.view_as(x) if x is not None else None for x in inputs]
         outs = fn(*inputs)
     outs = outs if isinstance(outs, tuple) else (outs,)
     pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]

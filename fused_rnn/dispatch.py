@@ -1,10 +1,17 @@
-"""Which implementation runs a recurrent layer: a pure function of the sizes, dtype and device.
+"""Which implementation runs a recurrent layer: a pure function of the cell, sizes and dtype.
 
 - ``"sequence"``: one Triton launch per layer and direction loops over time
-  (``fused_rnn::sequence``). The default.
-- ``"stepwise"``: a Python loop over time of one torch matmul plus the fused
-  cell kernel per step. Used for LSTM with ``proj_size > 0``, whose projection
-  the sequence kernel does not do yet.
+  (``fused_rnn::sequence``); every program re-reads W_hh (and W_hr) from L2
+  each step, through one SM's share of L2 bandwidth.
+- ``"stepwise"``: a Python loop over time of one cuBLAS matmul plus the fused
+  cell kernel per step; the matmul reads W_hh with the whole GPU's bandwidth,
+  but every step pays host dispatch.
+
+The heuristic compares a cost model of one time step on each path and picks
+the cheaper one. Its constants are estimates from H100 specifications, not
+measurements (no GPU run has calibrated them yet; ``make bench`` times both
+paths). With them the sequence kernel serves, for example, LSTM fp32 up to
+hidden 568 and bf16 up to 804, GRU fp32 up to 656, RNN fp32 up to 1137.
 
 ``force_path`` overrides the choice (for tests and benchmarks).
 """
@@ -16,16 +23,32 @@ from collections.abc import Iterator
 
 import torch
 
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# Estimates, not measurements: one program's (one SM's) L2 read bandwidth, the
+# host cost of one stepwise step (matmul + cell op + state update, dispatched
+# from Python), and the GPU's DRAM bandwidth.
+L2_BYTES_PER_S_PER_PROGRAM = 1.0e11
+STEPWISE_HOST_S_PER_STEP = 50e-6
+DRAM_BYTES_PER_S = 3.0e12
+
 _forced: str | None = None
 
 
-def choose_path(mode: str, hidden_size: int, proj_size: int, batch: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The path for one layer: "sequence" or "stepwise" (see the module docstring)."""
-    if proj_size > 0:
-        return "stepwise"
+def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
+    """Bytes of the weights read every time step: W_hh (G, R) and, with a projection, W_hr (R, H)."""
+    state = proj_size if proj_size > 0 else hidden_size
+    elements = GATES[mode] * hidden_size * state + (proj_size * hidden_size if proj_size > 0 else 0)
+    return elements * dtype.itemsize
+
+
+def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
+    """The path for one layer, "sequence" or "stepwise", from a per-step cost model (module docstring)."""
     if _forced is not None:
         return _forced
-    return "sequence"
+    w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype)
+    sequence_step = w_bytes / L2_BYTES_PER_S_PER_PROGRAM
+    stepwise_step = STEPWISE_HOST_S_PER_STEP + w_bytes / DRAM_BYTES_PER_S
+    return "sequence" if sequence_step <= stepwise_step else "stepwise"
 
 
 @contextlib.contextmanager

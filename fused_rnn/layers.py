@@ -103,7 +103,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * dirs)
     proj = getattr(module, "proj_size", 0)
-    path = choose_path(module.mode, module.hidden_size, proj, x.shape[1], x.dtype, x.device)
+    path = choose_path(module.mode, module.hidden_size, proj, x.dtype)
     h_n, c_n = [], []
     for layer in range(module.num_layers):
         outs = []
@@ -118,7 +118,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             if path == "stepwise":
                 y, h, c = _stepwise(cell, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1)
             else:
-                y, h, c, _, _ = sequence_ops.sequence(xp, w_hh, b_hn, h0[k], c_init, lengths, cell, d == 1)
+                y, h, c, *_ = sequence_ops.sequence(xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, cell, d == 1)
             outs.append(y)
             h_n.append(h)
             c_n.append(c)

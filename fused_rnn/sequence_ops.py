@@ -20,26 +20,28 @@ LSTM, GRU = K.LSTM, K.GRU
 
 @torch.library.custom_op("fused_rnn::sequence", mutates_args=())
 def sequence(
-    xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor, cell: int,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """xp (T, B, G), w_hh (G, H), b_hn (H,) GRU only, h0/c0 (B, H), lengths (B,) int64.
+    xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
+    lengths: Tensor, cell: int, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """xp (T, B, G), w_hh (G, R), b_hn (H,) GRU only, w_hr (R, H) LSTM projection or None (then R = H),
+    h0 (B, R), c0 (B, H), lengths (B,) int64.
 
-    Returns y (T, B, H), h_n (B, H), c_n (B, H) (empty unless LSTM), and the
-    saved gates and cell states for backward.
+    Returns y (T, B, R), h_n (B, R), c_n (B, H) (empty unless LSTM), and what
+    backward needs: the saved gates, cell states and pre-projection outputs.
     """
-    y, h_n, c_n, ws, cs = K.sequence_forward(xp, w_hh, b_hn, h0, c0, lengths, cell, reverse)
-    return y, h_n.clone(), c_n, ws, cs
+    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse)
+    return y, h_n.clone(), c_n, ws, cs, ms
 
 
 @torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())
 def sequence_backward(
-    dy: Tensor, dh_n: Tensor, dc_n: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor,
-    y: Tensor, ws: Tensor, cs: Tensor, cell: int, reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gate gradients (T, B, GS), dh0 and dc0 (B, H) in the compute dtype (dc0 empty unless LSTM)."""
-    dg, dh0, dc0 = K.sequence_backward(dy, dh_n, dc_n, w_hh, h0, c0, lengths, y, ws, cs, cell, reverse)
-    return dg, dh0.clone(), dc0
+    dy: Tensor, dh_n: Tensor, dc_n: Tensor | None, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor,
+    c0: Tensor | None, lengths: Tensor, y: Tensor, ws: Tensor, cs: Tensor, cell: int, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gate gradients (T, B, GS); dh0 (B, R) and dc0 (B, H) in the compute dtype (dc0 empty unless LSTM);
+    the gradient of every step's h (T, B, R) with a projection (else empty)."""
+    dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse)
+    return dg, dh0.clone(), dc0, dhs
 
 
 def _acc(t: Tensor) -> torch.dtype:
@@ -47,24 +49,30 @@ def _acc(t: Tensor) -> torch.dtype:
 
 
 @sequence.register_fake
-def _(xp, w_hh, b_hn, h0, c0, lengths, cell, reverse):
+def _(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse):
     T, B, _ = xp.shape
-    H = w_hh.shape[1]
+    R = w_hh.shape[1]
+    H = w_hr.shape[1] if w_hr is not None else R
     acc = _acc(xp)
     lstm = cell == LSTM
     saved = K.SAVED[cell] * H
     return (
-        xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty((B, H) if lstm else (0,)),
+        xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty((B, H) if lstm else (0,)),
         xp.new_empty((T, B, saved) if saved else (0,), dtype=acc), xp.new_empty((T, B, H) if lstm else (0,), dtype=acc),
+        xp.new_empty((T, B, H) if w_hr is not None else (0,)),
     )
 
 
 @sequence_backward.register_fake
-def _(dy, dh_n, dc_n, w_hh, h0, c0, lengths, y, ws, cs, cell, reverse):
-    T, B, H = y.shape
+def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse):
+    T, B, R = y.shape
+    H = w_hr.shape[1] if w_hr is not None else R
     gs = (4 if cell in (LSTM, GRU) else 1) * H
     acc = _acc(y)
-    return y.new_empty(T, B, gs), y.new_empty(B, H, dtype=acc), y.new_empty((B, H) if cell == LSTM else (0,), dtype=acc)
+    return (
+        y.new_empty(T, B, gs), y.new_empty(B, R, dtype=acc), y.new_empty((B, H) if cell == LSTM else (0,), dtype=acc),
+        y.new_empty((T, B, R) if w_hr is not None else (0,)),
+    )
 
 
 def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
@@ -81,37 +89,41 @@ def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Te
 
 
 def _setup(ctx, inputs, output) -> None:
-    xp, w_hh, b_hn, h0, c0, lengths, cell, reverse = inputs
-    y, h_n, c_n, ws, cs = output
+    xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse = inputs
+    y, h_n, c_n, ws, cs, ms = output
     ctx.cell, ctx.reverse, ctx.has_bhn = cell, reverse, b_hn is not None
-    ctx.mark_non_differentiable(ws, cs)
-    ctx.save_for_backward(w_hh, h0, c0, lengths, y, ws, cs)
+    ctx.mark_non_differentiable(ws, cs, ms)
+    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms)
 
 
-def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs):
-    w_hh, h0, c0, lengths, y, ws, cs = ctx.saved_tensors
+def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
+    w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms = ctx.saved_tensors
     if torch.is_grad_enabled():
         raise NotImplementedError(
-            "double backward (create_graph=True) through fused_rnn's sequence layers is not supported yet; "
-            "the fused cells (fused_rnn.LSTMCell/GRUCell/RNNCell) support it"
+            "double backward (create_graph=True) through fused_rnn's sequence kernels is not supported yet; "
+            "run the layer on the stepwise path (`with fused_rnn.force_path('stepwise'):`), whose fused cells "
+            "support it"
         )
     cell = ctx.cell
-    dg, dh0, dc0 = sequence_backward(
-        dy, dh_n, dc_n if cell == LSTM else None, w_hh, h0, c0, lengths, y, ws, cs, cell, ctx.reverse
+    dg, dh0, dc0, dhs = sequence_backward(
+        dy, dh_n, dc_n if cell == LSTM else None, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, ctx.reverse
     )
-    T, B, H = y.shape
+    T, B, R = y.shape
+    H = ms.shape[-1] if w_hr is not None else R
     if cell == GRU:
         d_xp = dg[..., : 3 * H]
         d_hidden = torch.cat([dg[..., : 2 * H], dg[..., 3 * H :]], dim=-1)
         d_bhn = dg[..., 3 * H :].sum((0, 1)) if ctx.has_bhn else None
     else:
         d_xp, d_hidden, d_bhn = dg, dg, None
-    d_w = None
+    d_w = d_wr = None
     if ctx.needs_input_grad[1]:
         h_prev = previous_states(y, h0, lengths, ctx.reverse)
-        d_w = d_hidden.reshape(T * B, -1).t().mm(h_prev.reshape(T * B, H).to(d_hidden.dtype))
+        d_w = d_hidden.reshape(T * B, -1).t().mm(h_prev.reshape(T * B, R).to(d_hidden.dtype))
+    if w_hr is not None and ctx.needs_input_grad[3]:
+        d_wr = dhs.reshape(T * B, R).t().mm(ms.reshape(T * B, H))
     d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None
-    return d_xp, d_w, d_bhn, dh0.to(h0.dtype), d_c0, None, None, None
+    return d_xp, d_w, d_bhn, d_wr, dh0.to(h0.dtype), d_c0, None, None, None
 
 
 sequence.register_autograd(_backward, setup_context=_setup)

@@ -116,10 +116,12 @@ class SequenceBlocks:
 def sequence_blocks(batch: int, hidden: int) -> SequenceBlocks:
     """Tile for the sequence kernels, a pure function of batch and hidden size.
 
-    Blocks are at least 16 wide (tl.dot's minimum on tensor cores) and at most
-    64, so a program's registers stay bounded whatever the hidden size:
-    W_hh is streamed from L2 by (BLOCK_K x BLOCK_H) blocks each step.
+    Each program re-reads all of W_hh every step through its SM's share of L2
+    bandwidth, so a step takes about the same time whatever the tile's rows:
+    the smallest tile that tensor cores take (16 rows) gives the most programs,
+    hence the most SMs working in parallel. BLOCK_H = BLOCK_K are at least 16
+    (tl.dot's minimum) and at most 64, so a program's registers stay bounded
+    whatever the hidden size: W_hh is streamed by (BLOCK_K x BLOCK_H) blocks.
     """
-    block_b = min(max(16, triton.next_power_of_2(max(batch, 1))), 64)
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), 64)
-    return SequenceBlocks(block_b=block_b, block_h=block_h, block_k=block_h, num_warps=4)
+    return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=4)

@@ -92,18 +92,20 @@ def _copy_rows(src, s_sb, s_sh, dst, s_db, s_dh, rows, rmask, H, BLOCK_H: tl.con
 @triton.jit(do_not_specialize=["T", "B"])
 def sequence_fwd_kernel(
     xp, s_xt, s_xb, s_xg,  # (T, B, G) input projection x W_ih^T with the foldable biases added
-    w, s_wg, s_wk,  # (G, H) W_hh
+    w, s_wg, s_wk,  # (G, R) W_hh
     b_hn, s_bhn,  # (H,) GRU's b_hn (inside r * (W_hn h + b_hn)), read when HAS_BHN
-    h0, s_h0b, s_h0h,  # (B, H) initial hidden state
+    w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
+    h0, s_h0b, s_h0h,  # (B, R) initial hidden state
     c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
     lengths,  # (B,) int64 valid length of each row
-    y, s_yt, s_yb, s_yh,  # out (T, B, H) outputs, zero past each row's length
-    hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, H) h ping-pong; after T steps hbuf[T % 2] is h_n
+    y, s_yt, s_yb, s_yh,  # out (T, B, R) outputs, zero past each row's length
+    hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, R) h ping-pong; after T steps hbuf[T % 2] is h_n
     cbuf, s_cbb, s_cbh,  # scratch (B, H) cell state in the compute dtype; c_n at the end (LSTM)
     ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU)
     cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM)
-    T, B, H,
-    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, ACC: tl.constexpr,
+    ms, s_mst, s_msb, s_msh,  # out (T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
+    T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
+    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -111,7 +113,7 @@ def sequence_fwd_kernel(
     rmask = rows < B
     lens = tl.load(lengths + rows, mask=rmask, other=0)
     zero_b = tl.zeros_like(lens)
-    _copy_rows(h0, s_h0b, s_h0h, hbuf, s_hbb, s_hbh, rows, rmask, H, BLOCK_H)
+    _copy_rows(h0, s_h0b, s_h0h, hbuf, s_hbb, s_hbh, rows, rmask, R, BLOCK_H)
     if CELL == 0:
         _copy_rows(c0, s_c0b, s_c0h, cbuf, s_cbb, s_cbh, rows, rmask, H, BLOCK_H)
     tl.debug_barrier()
@@ -123,15 +125,16 @@ def sequence_fwd_kernel(
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
-            h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+            if not HAS_PROJ:  # h has H columns
+                h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
             if CELL == 0:
-                pre_i = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, j, cols, H - j,
+                pre_i = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
                                       ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                pre_f = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, H + j, cols, H - j,
+                pre_f = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, H + j, cols, H - j,
                                       ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                pre_g = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, 2 * H + j, cols, H - j,
+                pre_g = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 2 * H + j, cols, H - j,
                                       ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                pre_o = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, 3 * H + j, cols, H - j,
+                pre_o = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 3 * H + j, cols, H - j,
                                       ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 pre_i += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
                 pre_f += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
@@ -146,11 +149,11 @@ def sequence_fwd_kernel(
                 tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), g, mask=am)
                 tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), o, mask=am)
             elif CELL == 1:
-                h_r = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, j, cols, H - j,
+                h_r = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                h_z = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, H + j, cols, H - j,
+                h_z = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, H + j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                h_n = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, 2 * H + j, cols, H - j,
+                h_n = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 2 * H + j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 if HAS_BHN:
                     h_n += tl.load(b_hn + (j + cols) * s_bhn, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
@@ -163,40 +166,55 @@ def sequence_fwd_kernel(
                 tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), n, mask=am)
                 tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), h_n, mask=am)
             else:
-                pre = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, H, w, s_wg, s_wk, j, cols, H - j,
+                pre = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 pre += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
                 h = rnn_forward(pre, CELL == 3)
-            h_keep = tl.where(active[:, None], h, h_prev)
-            tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), h_keep, mask=m)
-            tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+            if HAS_PROJ:  # h = W_hr m comes after every column of m is written
+                tl.store(_at(ms, s_mst, s_msb, s_msh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+            else:
+                tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+                tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+        if HAS_PROJ:
+            tl.debug_barrier()
+            for j in range(0, R, BLOCK_H):
+                cols = tl.arange(0, BLOCK_H).to(tl.int64)
+                m = rmask[:, None] & ((j + cols) < R)[None, :]
+                h = _matmul_block(ms, s_mst, s_msb, s_msh, t, 0, rows, rmask, H, w_hr, s_wrp, s_wrh, j, cols, R - j,
+                                  ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0)
+                tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+                tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
         tl.debug_barrier()
 
 
 @triton.jit(do_not_specialize=["T", "B"])
 def sequence_bwd_kernel(
-    dy, s_dyt, s_dyb, s_dyh,  # (T, B, H) gradient of the outputs
-    dhn, s_dhnb, s_dhnh,  # (B, H) gradient of h_n
+    dy, s_dyt, s_dyb, s_dyh,  # (T, B, R) gradient of the outputs
+    dhn, s_dhnb, s_dhnh,  # (B, R) gradient of h_n
     dcn, s_dcnb, s_dcnh,  # (B, H) gradient of c_n (LSTM)
-    w, s_wg, s_wk,  # (G, H) W_hh
-    h0, s_h0b, s_h0h,  # (B, H) initial hidden state (GRU needs h_prev)
+    w, s_wg, s_wk,  # (G, R) W_hh
+    w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
+    h0, s_h0b, s_h0h,  # (B, R) initial hidden state (GRU needs h_prev)
     c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
     lengths,  # (B,) int64
-    y, s_yt, s_yb, s_yh,  # (T, B, H) forward outputs
+    y, s_yt, s_yb, s_yh,  # (T, B, R) forward outputs
     ws, s_wst, s_wsb, s_wsg,  # (T, B, 4H) saved gate values
     cs, s_cst, s_csb, s_csh,  # (T, B, H) saved cell states (LSTM)
     dg, s_dgt, s_dgb, s_dgg,  # out (T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
-    dhbuf, s_dhp, s_dhb, s_dhh,  # scratch (2, B, H) dh carry (compute dtype) ping-pong; dh0 in dhbuf[T % 2] at the end
+    dhs, s_dht, s_dhsb, s_dhsp,  # out (T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
+    dhbuf, s_dhp, s_dhb, s_dhh,  # scratch (2, B, R) dh carry (compute dtype) ping-pong; dh0 in dhbuf[T % 2] at the end
     dcbuf, s_dcb, s_dch,  # scratch (B, H) dc carry (compute dtype); dc0 at the end (LSTM)
-    T, B, H,
-    CELL: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
+    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     lens = tl.load(lengths + rows, mask=rmask, other=0)
     zero_b = tl.zeros_like(lens)
-    _copy_rows(dhn, s_dhnb, s_dhnh, dhbuf, s_dhb, s_dhh, rows, rmask, H, BLOCK_H)
+    _copy_rows(dhn, s_dhnb, s_dhnh, dhbuf, s_dhb, s_dhh, rows, rmask, R, BLOCK_H)
     if CELL == 0:
         _copy_rows(dcn, s_dcnb, s_dcnh, dcbuf, s_dcb, s_dch, rows, rmask, H, BLOCK_H)
     tl.debug_barrier()
@@ -210,13 +228,27 @@ def sequence_bwd_kernel(
         else:
             tp = t - 1
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
+        if HAS_PROJ:
+            # Phase P: the gradient of this step's h (R columns); the carry of an inactive row passes through.
+            for j in range(0, R, BLOCK_H):
+                cols = tl.arange(0, BLOCK_H).to(tl.int64)
+                m = rmask[:, None] & ((j + cols) < R)[None, :]
+                carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
+                dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=m & active[:, None], other=0.0)
+                tl.store(_at(dhs, s_dht, s_dhsb, s_dhsp, t, rows, j, cols), tl.where(active[:, None], dh, 0.0), mask=m)
+                tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
+            tl.debug_barrier()
         # Phase A: gate gradients of this step, column block by column block.
         for j in range(0, H, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
-            carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
-            dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+            if HAS_PROJ:  # the gradient of m = o * tanh(c) is dh W_hr
+                dh = _matmul_block(dhs, s_dht, s_dhsb, s_dhsp, t, 0, rows, rmask, R, w_hr, s_wrh, s_wrp, j, cols, H - j,
+                                   ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            else:
+                carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
+                dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if CELL == 0:
                 dc = tl.load(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
@@ -249,17 +281,17 @@ def sequence_bwd_kernel(
                 h = tl.load(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
                 d_pre = rnn_backward(dh, h, CELL == 3)
                 tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
-            # The carry of an inactive row passes through unchanged.
-            nxt = tl.where(active[:, None], direct, carry)
-            tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
+            if not HAS_PROJ:  # the carry of an inactive row passes through unchanged
+                nxt = tl.where(active[:, None], direct, carry)
+                tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
         tl.debug_barrier()
         # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
-        for j in range(0, H, BLOCK_H):
+        for j in range(0, R, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
-            m = rmask[:, None] & ((j + cols) < H)[None, :]
+            m = rmask[:, None] & ((j + cols) < R)[None, :]
             # W_hh^T addressed as rows = hidden units (stride s_wk), k = gate units (stride s_wg).
             if CELL == 0:
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 4 * H, w, s_wk, s_wg, j, cols, H - j,
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 4 * H, w, s_wk, s_wg, j, cols, R - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             elif CELL == 1:
                 acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 2 * H, w, s_wk, s_wg, j, cols, H - j,
@@ -294,67 +326,71 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int)
     return (triton.cdiv(batch, blocks.block_b),), meta
 
 
-def sequence_forward(xp, w_hh, b_hn, h0, c0, lengths, cell: int, reverse: bool):
+def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
+    """A tensor argument and its strides, or a placeholder with zero strides for an unused one."""
+    return (t, *t.stride()) if t is not None and t.numel() else (like, *([0] * ndim))
+
+
+def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool):
     """One layer and direction over the whole sequence.
 
-    xp (T, B, G) input projection with biases folded, w_hh (G, H), b_hn (H,) or
-    None (GRU), h0 and c0 (B, H) (c0 only for LSTM), lengths (B,) int64.
-    Returns y (T, B, H), h_n (B, H), c_n (B, H) or an empty tensor, and the
-    saved gates (T, B, 4H) and cell states (T, B, H) (empty where unused).
+    xp (T, B, G) input projection with biases folded, w_hh (G, R), b_hn (H,) or
+    None (GRU), w_hr (R, H) or None (LSTM projection; R = H without it), h0
+    (B, R) and c0 (B, H) (c0 only for LSTM), lengths (B,) int64.
+    Returns y (T, B, R), h_n (B, R), c_n (B, H), the saved gates (T, B, 4H),
+    cell states (T, B, H) and pre-projection outputs m (T, B, H); unused ones are empty.
     """
     T, B, _ = xp.shape
-    H = w_hh.shape[1]
+    R = w_hh.shape[1]
+    H = w_hr.shape[1] if w_hr is not None else R
     acc = _compute_dtype(xp.dtype)
-    y = new_output(xp, (T, B, H))
-    hbuf = new_output(xp, (2, B, H))
+    y = new_output(xp, (T, B, R))
+    hbuf = new_output(xp, (2, B, R))
     is_lstm = cell == LSTM
     cbuf = new_output(xp.new_empty(0, dtype=acc), (B, H) if is_lstm else (0,))
     ws = new_output(cbuf, (T, B, SAVED[cell] * H) if SAVED[cell] else (0,))
     cs = new_output(cbuf, (T, B, H) if is_lstm else (0,))
-    c0_ = c0 if c0 is not None else h0
+    ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
     grid, meta = _meta(cell, reverse, xp.dtype, B, H)
     launch(
         sequence_fwd_kernel, grid,
-        xp, *xp.stride(), w_hh, *w_hh.stride(),
-        b_hn if b_hn is not None else xp, b_hn.stride(0) if b_hn is not None else 0,
-        h0, *h0.stride(), c0_, *c0_.stride(), lengths,
-        y, *y.stride(), hbuf, *hbuf.stride(),
-        cbuf, *(cbuf.stride() if is_lstm else (0, 0)),
-        ws, *(ws.stride() if SAVED[cell] else (0, 0, 0)),
-        cs, *(cs.stride() if is_lstm else (0, 0, 0)),
-        T, B, H, HAS_BHN=b_hn is not None, **meta,
+        xp, *xp.stride(), w_hh, *w_hh.stride(), *_or_dummy(b_hn, xp, 1), *_or_dummy(w_hr, xp, 2),
+        h0, *h0.stride(), *_or_dummy(c0, h0, 2), lengths,
+        y, *y.stride(), hbuf, *hbuf.stride(), *_or_dummy(cbuf, xp, 2), *_or_dummy(ws, xp, 3),
+        *_or_dummy(cs, xp, 3), *_or_dummy(ms, xp, 3),
+        T, B, H, R, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, **meta,
     )
     h_n = hbuf[T % 2]
     c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
-    return y, h_n, c_n, ws, cs
+    return y, h_n, c_n, ws, cs, ms
 
 
-def sequence_backward(dy, dh_n, dc_n, w_hh, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool):
+def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool):
     """Reverse-time pass of one layer and direction.
 
-    Gradients dy (T, B, H), dh_n and dc_n (B, H) (dc_n only for LSTM), and the
-    forward's tensors. Returns the gate gradients (T, B, GS) with GS = 4H, 4H
-    (GRU: r, z, input-side n, hidden-side n) or H, zero past each length, and
-    dh0, dc0 (B, H) (dc0 empty except for LSTM), in the compute dtype.
+    Gradients dy (T, B, R), dh_n (B, R) and dc_n (B, H) (dc_n only for LSTM),
+    and the forward's tensors. Returns the gate gradients (T, B, GS) with
+    GS = 4H, 4H (GRU: r, z, input-side n, hidden-side n) or H, zero past each
+    length; dh0 (B, R) and dc0 (B, H) (empty except for LSTM) in the compute
+    dtype; and with a projection the gradient of each step's h, (T, B, R),
+    zero past each length (else empty).
     """
-    T, B, H = y.shape
+    T, B, R = y.shape
+    H = w_hr.shape[1] if w_hr is not None else R
     gs = {LSTM: 4, GRU: 4}.get(cell, 1) * H
     acc = _compute_dtype(y.dtype)
     dg = new_output(y, (T, B, gs))
-    dhbuf = new_output(y.new_empty(0, dtype=acc), (2, B, H))
+    dhs = new_output(y, (T, B, R) if w_hr is not None else (0,))
+    dhbuf = new_output(y.new_empty(0, dtype=acc), (2, B, R))
     is_lstm = cell == LSTM
     dcbuf = new_output(dhbuf, (B, H) if is_lstm else (0,))
-    c0_ = c0 if c0 is not None else h0
-    dc_n_ = dc_n if dc_n is not None else dh_n
     grid, meta = _meta(cell, reverse, y.dtype, B, H)
     launch(
         sequence_bwd_kernel, grid,
-        dy, *dy.stride(), dh_n, *dh_n.stride(), dc_n_, *dc_n_.stride(), w_hh, *w_hh.stride(),
-        h0, *h0.stride(), c0_, *c0_.stride(), lengths, y, *y.stride(),
-        ws, *(ws.stride() if SAVED[cell] else (0, 0, 0)),
-        cs, *(cs.stride() if is_lstm else (0, 0, 0)),
-        dg, *dg.stride(), dhbuf, *dhbuf.stride(),
-        dcbuf, *(dcbuf.stride() if is_lstm else (0, 0)),
-        T, B, H, **meta,
+        dy, *dy.stride(), dh_n, *dh_n.stride(), *_or_dummy(dc_n, dh_n, 2), w_hh, *w_hh.stride(),
+        *_or_dummy(w_hr, y, 2), h0, *h0.stride(), *_or_dummy(c0, h0, 2), lengths, y, *y.stride(),
+        *_or_dummy(ws, y, 3), *_or_dummy(cs, y, 3), dg, *dg.stride(), *_or_dummy(dhs, y, 3),
+        dhbuf, *dhbuf.stride(), *_or_dummy(dcbuf, y, 2),
+        T, B, H, R, HAS_PROJ=w_hr is not None, **meta,
     )
-    return dg, dhbuf[T % 2], dcbuf
+    return dg, dhbuf[T % 2], dcbuf, dhs

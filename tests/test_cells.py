@@ -225,3 +225,30 @@ def test_noncontiguous_inputs_and_weights(kind, device):
         out = fused(x, state)
     for o, e in zip(out if kind == "lstm" else (out,), expected if kind == "lstm" else (expected,)):
         assert_close(o, e, torch.float64)
+
+
+@pytest.mark.parametrize("kind", CELLS)
+def test_double_backward_of_chained_steps_matches_torch(kind, device):
+    """Two steps with the state fed back (hx feeds both hg = hx W_hh^T and the cell): second-order
+    gradients of the input, the initial state and every parameter equal torch.nn's."""
+    fused, ref = make_cells(kind, 3, 4, True, torch.float64, device)
+    x, state, _ = make_inputs(kind, 2, 3, 4, torch.float64, device)
+    x.requires_grad_()
+    states = list(state) if isinstance(state, tuple) else [state]
+    for s in states:
+        s.requires_grad_()
+
+    def second_order(cell):
+        st = tuple(states) if kind == "lstm" else states[0]
+        for _ in range(2):
+            st = cell(x, st)
+        h = st[0] if kind == "lstm" else st
+        (gx,) = torch.autograd.grad(h.pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), [x, *states, *cell.parameters()])
+
+    expected = second_order(ref)
+    with fused_path_only() as launches:
+        got = second_order(fused)
+    assert launches.total > 0
+    for a, b in zip(got, expected):
+        assert rel_err(a, b) <= TOL[torch.float64], f"{rel_err(a, b):.2e}"

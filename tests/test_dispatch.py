@@ -1,27 +1,42 @@
-"""The path heuristic is a pure function of the sizes; force_path overrides it."""
+"""The path heuristic is a pure function of the cell, sizes and dtype; force_path overrides it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fused_rnn.dispatch import choose_path, force_path
+from fused_rnn.dispatch import choose_path, force_path, recurrent_weight_bytes
 
 
-def test_heuristic():
-    cpu = torch.device("cpu")
-    assert choose_path("LSTM", 512, 0, 64, torch.float32, cpu) == "sequence"
-    assert choose_path("GRU", 2048, 0, 1, torch.bfloat16, cpu) == "sequence"
-    assert choose_path("LSTM", 512, 128, 64, torch.float32, cpu) == "stepwise"
+def test_weight_bytes():
+    assert recurrent_weight_bytes("LSTM", 512, 0, torch.float32) == 4 * 512 * 512 * 4
+    assert recurrent_weight_bytes("LSTM", 512, 128, torch.bfloat16) == (4 * 512 * 128 + 128 * 512) * 2
+    assert recurrent_weight_bytes("RNN_RELU", 100, 0, torch.float64) == 100 * 100 * 8
+
+
+def test_small_weights_run_the_sequence_kernel_and_large_ones_stepwise():
+    assert choose_path("LSTM", 512, 0, torch.float32) == "sequence"
+    assert choose_path("LSTM", 512, 128, torch.float32) == "sequence"
+    assert choose_path("GRU", 256, 0, torch.bfloat16) == "sequence"
+    assert choose_path("LSTM", 1024, 0, torch.float32) == "stepwise"
+    assert choose_path("GRU", 2048, 0, torch.bfloat16) == "stepwise"
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_crossover_in_hidden_size(mode, dtype):
+    """The sequence kernel serves every size up to one crossover and the stepwise path every size above."""
+    paths = [choose_path(mode, h, 0, dtype) for h in range(16, 4097, 16)]
+    crossover = paths.index("stepwise")
+    assert crossover > 0 and set(paths[crossover:]) == {"stepwise"}
 
 
 def test_force_path():
-    cpu = torch.device("cpu")
     with force_path("stepwise"):
-        assert choose_path("GRU", 64, 0, 8, torch.float32, cpu) == "stepwise"
-    assert choose_path("GRU", 64, 0, 8, torch.float32, cpu) == "sequence"
+        assert choose_path("GRU", 64, 0, torch.float32) == "stepwise"
+    assert choose_path("GRU", 64, 0, torch.float32) == "sequence"
     with force_path("sequence"):
-        assert choose_path("LSTM", 64, 16, 8, torch.float32, cpu) == "stepwise", "proj_size needs the stepwise path"
+        assert choose_path("LSTM", 4096, 0, torch.float32) == "sequence"
     with pytest.raises(ValueError):
         with force_path("persistent"):
             pass

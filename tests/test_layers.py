@@ -96,6 +96,7 @@ def check_against_torch(cell, kind, config, dtype, device, proj=0):
     names = ["input"] + (["h0", "c0"] if with_h0 else []) + [n for n, _ in fused.named_parameters()]
     for name, a, b in zip(names, got_grads, expected_grads):
         assert rel_err(a, b) <= TOL[dtype], f"grad {name}: {rel_err(a, b):.2e}"
+    return launches
 
 
 def _seeds(module, inp, hx):
@@ -121,13 +122,66 @@ def test_matches_torch_fp32(cell, kind, device):
 @pytest.mark.parametrize("kind", ["batched", "unbatched", "packed_unsorted"])
 @pytest.mark.parametrize("config", CONFIGS[:2], ids=["uni", "bi2"])
 def test_lstm_proj_size(kind, config, device):
-    check_against_torch("LSTM", kind, config, torch.float64, device, proj=3)
+    launches = check_against_torch("LSTM", kind, config, torch.float64, device, proj=3)
+    assert launches.by_kernel.keys() == {"sequence_fwd_kernel", "sequence_bwd_kernel"}, "projection inside the kernel"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lstm_proj_size_over_several_blocks(dtype, device):
+    """Hidden 20 and projection 17 span two 16-wide column blocks; packed lengths and both directions."""
+    torch.manual_seed(3)
+    fused = fused_rnn.LSTM(I, 20, proj_size=17, bidirectional=True).to(device, dtype)
+    ref = torch.nn.LSTM(I, 20, proj_size=17, bidirectional=True).to(device, dtype)
+    ref.load_state_dict(fused.state_dict())
+    inp, leaf, _ = make_input("packed_unsorted", False, dtype, device)
+    seeds = _seeds(ref, inp, None)
+    expected_out, expected_grads = forward_backward(ref, inp, leaf, None, seeds)
+    with fused_path_only() as launches:
+        got_out, got_grads = forward_backward(fused, inp, leaf, None, seeds)
+    assert launches.by_kernel == {"sequence_fwd_kernel": 2, "sequence_bwd_kernel": 2}
+    for a, b in zip(got_out + got_grads, expected_out + expected_grads):
+        assert a.shape == b.shape
+        assert rel_err(a, b) <= TOL[dtype], f"{rel_err(a, b):.2e}"
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_stepwise_path_matches_torch(cell, device):
     with fused_rnn.force_path("stepwise"):
-        check_against_torch(cell, "packed_unsorted", CONFIGS[1], torch.float64, device)
+        launches = check_against_torch(cell, "packed_unsorted", CONFIGS[1], torch.float64, device)
+    assert "sequence_fwd_kernel" not in launches.by_kernel
+
+
+def test_stepwise_path_with_projection(device):
+    with fused_rnn.force_path("stepwise"):
+        launches = check_against_torch("LSTM", "packed_unsorted", CONFIGS[1], torch.float64, device, proj=3)
+    assert launches.by_kernel.keys() == {"lstm_cell_fwd_kernel", "lstm_cell_bwd_kernel"}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_double_backward_on_the_stepwise_path(cell, device):
+    """create_graph=True through a layer: the stepwise path's fused cells are twice differentiable."""
+    fused, ref = make_pair(cell, torch.float64, device)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+
+    def second_order(module):
+        y = outputs(module(x))[0]
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), [x, *module.parameters()])
+
+    expected = second_order(ref)
+    with fused_rnn.force_path("stepwise"), fused_path_only() as launches:
+        got = second_order(fused)
+    assert launches.total > 0
+    for a, b in zip(got, expected):
+        assert rel_err(a, b) <= TOL[torch.float64], f"{rel_err(a, b):.2e}"
+
+
+def test_double_backward_on_the_sequence_path_names_the_way_out(device):
+    fused, _ = make_pair("GRU", torch.float64, device)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+    y, _ = fused(x)
+    with pytest.raises(NotImplementedError, match="force_path"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
