@@ -1,5 +1,6 @@
 """fused-rnn: Triton kernels for recurrent networks, as drop-in torch.nn modules."""
 
+from . import autocast
 from .cells import GRUCell, LSTMCell, RNNCell
 from .convert import convert
 from .dispatch import choose_path, force_path
@@ -10,3 +11,5 @@ __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "count_launches", "choose_path", "force_path",
 ]
 __version__ = "0.1.0"
+
+autocast.register_all()

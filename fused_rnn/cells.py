@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cell_checks, cell_ops
+from . import autocast, cell_checks, cell_ops
 from .backend import triton_runs_on
 
 
@@ -26,6 +26,14 @@ def _batched(input: Tensor, state: Tensor | None, hidden_size: int, is_batched: 
 
 def _unbatch(t: Tensor, is_batched: bool) -> Tensor:
     return t if is_batched else t.squeeze(0)
+
+
+def _as_torch_returns(kind: str, out: Tensor, x: Tensor, state: Tensor | None) -> Tensor:
+    """``out`` in the dtype torch.nn's ``kind`` cell returns (differs from the kernels' only under autocast)."""
+    low = autocast.lower_dtype(x.device.type)
+    if low is None:
+        return out
+    return out.to(autocast.output_dtype(kind, x.device.type, low, (x if state is None else state).dtype))
 
 
 class LSTMCell(nn.LSTMCell):
@@ -44,6 +52,8 @@ class LSTMCell(nn.LSTMCell):
         cell_checks.check_hidden(x, c, self.hidden_size, "1")
         cell_checks.check_dtypes(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         hy, cy = cell_ops.lstm_cell(F.linear(x, self.weight_ih), F.linear(h, self.weight_hh), self.bias_ih, self.bias_hh, c)
+        state = None if hx is None else hx[0]
+        hy, cy = (_as_torch_returns("LSTMCell", t, x, state) for t in (hy, cy))
         return _unbatch(hy, is_batched), _unbatch(cy, is_batched)
 
 
@@ -61,7 +71,7 @@ class GRUCell(nn.GRUCell):
         cell_checks.check_hidden(x, h, self.hidden_size)
         cell_checks.check_dtypes(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         hy = cell_ops.gru_cell(F.linear(x, self.weight_ih), F.linear(h, self.weight_hh), self.bias_ih, self.bias_hh, h)
-        return _unbatch(hy, is_batched)
+        return _unbatch(_as_torch_returns("GRUCell", hy, x, hx), is_batched)
 
 
 class RNNCell(nn.RNNCell):
@@ -83,4 +93,4 @@ class RNNCell(nn.RNNCell):
             F.linear(x, self.weight_ih), F.linear(h, self.weight_hh), self.bias_ih, self.bias_hh,
             self.nonlinearity == "relu",
         )
-        return _unbatch(hy, is_batched)
+        return _unbatch(_as_torch_returns("RNNCell", hy, x, hx), is_batched)

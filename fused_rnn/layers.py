@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import cell_ops, sequence_ops
+from . import autocast, cell_ops, sequence_ops
 from .backend import triton_runs_on
 from .dispatch import choose_path
 from .kernels import sequence_kernels as K
@@ -128,7 +128,53 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     return x, torch.stack(h_n), (torch.stack(c_n) if cell == K.LSTM else None)
 
 
+def _check_attributes(x: Tensor, states: tuple[Tensor, ...], params: list[Tensor]) -> None:
+    """ATen's RNN check_attributes, with its device messages: the states and parameters on the input's
+    device, and in its dtype unless autocast casts them (torch's CPU and CUDA paths reject a mismatch
+    with a RuntimeError from their matmuls; the kernels would silently convert)."""
+    check_dtype = autocast.lower_dtype(x.device.type) is None
+    for name, tensors in (("hidden", states), ("parameter", params)):
+        for t in tensors:
+            if t.device != x.device:
+                raise RuntimeError(
+                    f"Input and {name} tensors are not at the same device, found input tensor at {x.device} "
+                    f"and {name} tensor at {t.device}"
+                )
+            if check_dtype and t.dtype != x.dtype:
+                raise RuntimeError(
+                    f"Input and {name} tensors are not the same dtype, found input tensor with {x.dtype} "
+                    f"and {name} tensor with {t.dtype}"
+                )
+
+
+def _check_batch_sizes(batch_sizes: Tensor) -> None:
+    """A PackedSequence's batch sizes must not increase (torch fails on them with an unrelated message)."""
+    if batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise RuntimeError(
+            f"PackedSequence batch_sizes must be non-increasing (sequences sorted by decreasing length), "
+            f"got {batch_sizes.tolist()}"
+        )
+
+
 def fused_forward(module: nn.RNNBase, input, hx):
+    """torch.nn.RNNBase.forward's contract on the fused kernels, autocast included."""
+    output, hidden = _forward(module, input, hx)
+    x = input.data if isinstance(input, PackedSequence) else input
+    low = autocast.lower_dtype(x.device.type)
+    if low is None:
+        return output, hidden
+    given = hx if hx is None or isinstance(hx, Tensor) else hx[0]
+    packed = isinstance(output, PackedSequence)
+    dtype = autocast.output_dtype(module.mode, x.device.type, low, (x if given is None else given).dtype, packed)
+    if packed:
+        output = output._replace(data=output.data.to(dtype))
+    else:
+        output = output.to(dtype)
+    hidden = tuple(h.to(dtype) for h in hidden) if isinstance(hidden, tuple) else hidden.to(dtype)
+    return output, hidden
+
+
+def _forward(module: nn.RNNBase, input, hx):
     """torch.nn.RNNBase.forward's contract on the fused kernels."""
     module._update_flat_weights()
     is_lstm = module.mode == "LSTM"
@@ -155,14 +201,18 @@ def fused_forward(module: nn.RNNBase, input, hx):
         want = 3 if is_batched else 2
         if any(s.dim() != want for s in states):
             kind = "batched 3-D" if is_batched else "unbatched 2-D"
-            dims = ", ".join(f"{s.dim()}-D" for s in states)
-            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got ({dims}) tensors")
+            if is_lstm:  # torch.nn's messages, word for word
+                dims = ", ".join(f"{s.dim()}-D" for s in states)
+                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got ({dims}) tensors")
+            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
         if not is_batched:
             hx = tuple(s.unsqueeze(1) for s in hx) if is_lstm else hx.unsqueeze(1)
     if packed or hx is not None:
         hx = module.permute_hidden(hx, sorted_indices)
     module.check_forward_args(x, hx, batch_sizes)
+    _check_attributes(x, hx if is_lstm else (hx,), module._flat_weights)
     if packed:
+        _check_batch_sizes(batch_sizes)
         padded, lengths, positions = _unpack(input)
     else:
         padded = x.transpose(0, 1) if module.batch_first else x

@@ -30,7 +30,7 @@ def sequence(
     backward needs: the saved gates, cell states and pre-projection outputs.
     """
     y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse)
-    return y, h_n.clone(), c_n, ws, cs, ms
+    return y, h_n, c_n, ws, cs, ms
 
 
 @torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())
@@ -41,7 +41,7 @@ def sequence_backward(
     """Gate gradients (T, B, GS); dh0 (B, R) and dc0 (B, H) in the compute dtype (dc0 empty unless LSTM);
     the gradient of every step's h (T, B, R) with a projection (else empty)."""
     dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse)
-    return dg, dh0.clone(), dc0, dhs
+    return dg, dh0, dc0, dhs
 
 
 def _acc(t: Tensor) -> torch.dtype:

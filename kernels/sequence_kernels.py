@@ -66,10 +66,11 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
                     mask=rmask[:, None] & kmask[None, :], other=0.0)
         wt = tl.load(w + (w_row0 + cols)[None, :] * s_wr + ks[:, None] * s_wk,
                      mask=kmask[:, None] & (cols < ncols)[None, :], other=0.0)
+        x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
         if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc = tl.dot(x, wt.to(x.dtype), acc, input_precision=DOT_PREC)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PREC)
     return acc
 
 
@@ -99,7 +100,7 @@ def sequence_fwd_kernel(
     c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
     lengths,  # (B,) int64 valid length of each row
     y, s_yt, s_yb, s_yh,  # out (T, B, R) outputs, zero past each row's length
-    hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, R) h ping-pong; after T steps hbuf[T % 2] is h_n
+    hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, R) h ping-pong in the compute dtype; after T steps hbuf[T % 2] is h_n
     cbuf, s_cbb, s_cbh,  # scratch (B, H) cell state in the compute dtype; c_n at the end (LSTM)
     ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU)
     cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM)
@@ -345,9 +346,9 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     H = w_hr.shape[1] if w_hr is not None else R
     acc = _compute_dtype(xp.dtype)
     y = new_output(xp, (T, B, R))
-    hbuf = new_output(xp, (2, B, R))
+    hbuf = new_output(xp.new_empty(0, dtype=acc), (2, B, R))
     is_lstm = cell == LSTM
-    cbuf = new_output(xp.new_empty(0, dtype=acc), (B, H) if is_lstm else (0,))
+    cbuf = new_output(hbuf, (B, H) if is_lstm else (0,))
     ws = new_output(cbuf, (T, B, SAVED[cell] * H) if SAVED[cell] else (0,))
     cs = new_output(cbuf, (T, B, H) if is_lstm else (0,))
     ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
@@ -360,7 +361,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
         *_or_dummy(cs, xp, 3), *_or_dummy(ms, xp, 3),
         T, B, H, R, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, **meta,
     )
-    h_n = hbuf[T % 2]
+    h_n = hbuf[T % 2].to(xp.dtype, copy=True)
     c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
     return y, h_n, c_n, ws, cs, ms
 
@@ -393,4 +394,4 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
         dhbuf, *dhbuf.stride(), *_or_dummy(dcbuf, y, 2),
         T, B, H, R, HAS_PROJ=w_hr is not None, **meta,
     )
-    return dg, dhbuf[T % 2], dcbuf, dhs
+    return dg, dhbuf[T % 2].clone(), dcbuf, dhs
