@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from . import autocast, cell_checks, cell_ops
 from .backend import triton_runs_on
+from .path_report import log_call
 
 
 def _batched(input: Tensor, state: Tensor | None, hidden_size: int, is_batched: bool) -> Tensor:
@@ -40,6 +41,7 @@ class LSTMCell(nn.LSTMCell):
     """torch.nn.LSTMCell on a fused Triton cell kernel. Input (N, I) or (I,); returns (h', c')."""
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        log_call(self, input)
         if not triton_runs_on(input):
             return super().forward(input, hx)
         cell_checks.check_dims("LSTMCell", input, hx)
@@ -61,6 +63,7 @@ class GRUCell(nn.GRUCell):
     """torch.nn.GRUCell on a fused Triton cell kernel. Input (N, I) or (I,); returns h'."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        log_call(self, input)
         if not triton_runs_on(input):
             return super().forward(input, hx)
         cell_checks.check_dims("GRUCell", input, hx)
@@ -78,6 +81,7 @@ class RNNCell(nn.RNNCell):
     """torch.nn.RNNCell (tanh or relu) on a fused Triton cell kernel. Input (N, I) or (I,); returns h'."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        log_call(self, input)
         if not triton_runs_on(input):
             return super().forward(input, hx)
         cell_checks.check_dims("RNNCell", input, hx)

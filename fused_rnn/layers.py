@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import autocast, cell_ops, sequence_ops
 from .backend import triton_runs_on
 from .dispatch import choose_path
+from .path_report import log_call
 from .kernels import sequence_kernels as K
 
 
@@ -238,6 +239,7 @@ class LSTM(nn.LSTM):
     """torch.nn.LSTM on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
+        log_call(self, input)
         if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
             return super().forward(input, hx)
         return fused_forward(self, input, hx)
@@ -247,6 +249,7 @@ class GRU(nn.GRU):
     """torch.nn.GRU on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
+        log_call(self, input)
         if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
             return super().forward(input, hx)
         return fused_forward(self, input, hx)
@@ -256,6 +259,7 @@ class RNN(nn.RNN):
     """torch.nn.RNN (tanh or relu) on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
+        log_call(self, input)
         if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
             return super().forward(input, hx)
         return fused_forward(self, input, hx)

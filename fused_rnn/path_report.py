@@ -1,0 +1,51 @@
+"""Which implementation a fused module runs for a given input, and why.
+
+``explain(module, input)`` answers without running anything. The same
+decisions are logged at DEBUG level on the ``fused_rnn`` logger at every call
+(``logging.getLogger("fused_rnn").setLevel(logging.DEBUG)``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .dispatch import explain_path
+from .kernels.launch import interpreting
+
+log = logging.getLogger("fused_rnn")
+
+
+def _device_reason(x: Tensor) -> str | None:
+    """Why the Triton kernels cannot run on x's device, or None when they can."""
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu" and interpreting():
+        return None
+    if x.device.type == "cpu":
+        return "tensors on the CPU and Triton's interpreter is off (TRITON_INTERPRET=1 before import turns it on)"
+    return f"the Triton kernels do not run on {x.device.type} tensors"
+
+
+def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
+    """One line per layer (or one for a cell): the implementation a call on ``input`` runs, and why."""
+    x = input.data if isinstance(input, PackedSequence) else input
+    name = type(module).__name__
+    fallback = _device_reason(x)
+    if fallback is not None:
+        return f"{name}: torch.nn's own implementation (torch fallback): {fallback}"
+    if not isinstance(module, nn.RNNBase):
+        return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
+    path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype)
+    what = {"sequence": "Triton sequence kernel (one launch per direction)",
+            "stepwise": "stepwise (a torch matmul and a Triton cell kernel per time step)"}[path]
+    return "\n".join(f"{name} layer {k}: {what}: {why}" for k in range(module.num_layers))
+
+
+def log_call(module: nn.Module, input: Tensor | PackedSequence) -> None:
+    """Log ``explain(module, input)`` at DEBUG level (free when the level is off)."""
+    if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s", explain(module, input))

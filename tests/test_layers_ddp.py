@@ -1,0 +1,76 @@
+"""DistributedDataParallel over fused layers: 2 processes (gloo, CPU) equal one torch.nn process on the whole batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import TOL, rel_err
+
+import fused_rnn
+
+STEPS, T, B, I, H = 3, 5, 4, 3, 4
+
+
+class Net(torch.nn.Module):
+    """A GRU over a 2-layer bidirectional LSTM, then a linear head (fused_rnn's or torch.nn's layers)."""
+
+    def __init__(self, fused: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        nn = fused_rnn if fused else torch.nn
+        self.lstm = nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+        self.gru = nn.GRU(2 * H, H, dtype=torch.float64)
+        self.head = torch.nn.Linear(H, 1, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        y, _ = self.gru(y)
+        return self.head(y).squeeze(-1)
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(T, B, I, generator=g, dtype=torch.float64), torch.randn(T, B, generator=g, dtype=torch.float64))
+        for _ in range(STEPS)
+    ]
+
+
+def train(model: torch.nn.Module, rows: slice) -> None:
+    """SGD steps on the batch rows ``rows`` (a rank's share, or all of them)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, target in batches():
+        opt.zero_grad()
+        loss = (model(x[:, rows]) - target[:, rows]).square().mean()
+        loss.backward()
+        opt.step()
+
+
+def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        net = Net(fused=True)
+        half = B // world
+        with fused_rnn.count_launches() as launches:
+            train(torch.nn.parallel.DistributedDataParallel(net), slice(rank * half, (rank + 1) * half))
+        if launches.total == 0:
+            raise AssertionError("the fused kernels did not run")
+        if rank == 0:
+            torch.save(net.state_dict(), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
+    out_file = str(tmp_path / "params.pt")
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
+    reference = Net(fused=False)
+    train(reference, slice(0, B))
+    got = torch.load(out_file)
+    assert got.keys() == reference.state_dict().keys()
+    for name, expected in reference.state_dict().items():
+        assert rel_err(got[name], expected) <= TOL[torch.float64], name
+    assert rel_err(got["lstm.weight_hh_l0"], Net(fused=False).state_dict()["lstm.weight_hh_l0"]) > 1e-6, "trained"

@@ -1,0 +1,47 @@
+"""fused_rnn.explain and the debug log name the implementation a call runs, and why."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import fused_rnn
+from fused_rnn import path_report
+
+
+def test_sequence_kernel_and_the_cost_model(device):
+    lstm = fused_rnn.LSTM(4, 8, num_layers=2).to(device)
+    text = fused_rnn.explain(lstm, torch.randn(3, 2, 4, device=device))
+    lines = text.splitlines()
+    assert len(lines) == 2 and all("Triton sequence kernel" in line and "MiB" in line for line in lines)
+
+
+def test_stepwise_for_large_weights_and_when_forced(device):
+    big = fused_rnn.GRU(4, 2048, device="meta")  # explain reads only the sizes: no memory needed
+    assert "stepwise" in fused_rnn.explain(big, torch.randn(3, 2, 4, device=device))
+    gru = fused_rnn.GRU(4, 8).to(device)
+    with fused_rnn.force_path("stepwise"):
+        assert "forced by fused_rnn.force_path('stepwise')" in fused_rnn.explain(gru, torch.randn(3, 2, 4, device=device))
+
+
+def test_cells_and_the_torch_fallback(device, monkeypatch):
+    cell = fused_rnn.GRUCell(4, 8).to(device)
+    assert "Triton cell kernel" in fused_rnn.explain(cell, torch.randn(2, 4, device=device))
+    monkeypatch.setattr(path_report, "interpreting", lambda: False)
+    text = fused_rnn.explain(cell, torch.randn(2, 4))
+    assert "torch fallback" in text and "TRITON_INTERPRET" in text
+
+
+def test_debug_log_at_each_call(device, caplog):
+    rnn = fused_rnn.RNN(4, 8).to(device)
+    with caplog.at_level(logging.DEBUG, logger="fused_rnn"):
+        rnn(torch.randn(3, 2, 4, device=device))
+    assert any("Triton sequence kernel" in r.getMessage() for r in caplog.records)
+
+
+def test_no_log_when_the_level_is_off(device, caplog):
+    rnn = fused_rnn.RNN(4, 8).to(device)
+    with caplog.at_level(logging.WARNING, logger="fused_rnn"):
+        rnn(torch.randn(3, 2, 4, device=device))
+    assert not caplog.records
