@@ -7,6 +7,10 @@
   cell kernel per step; the matmul reads W_hh with the whole GPU's bandwidth,
   but every step pays host dispatch.
 
+On AMD GPUs (ROCm) LSTM and GRU take the stepwise path: their sequence
+kernels spill scalar registers on gfx942 (``fused_rnn.compile_report``), so
+they are not launched there until that is fixed.
+
 The heuristic compares a cost model of one time step on each path and picks
 the cheaper one. Its constants are estimates from H100 specifications, not
 measurements (no GPU run has calibrated them yet; ``make bench`` times both
@@ -47,19 +51,30 @@ def step_costs(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) 
     return w_bytes / L2_BYTES_PER_S_PER_PROGRAM, STEPWISE_HOST_S_PER_STEP + w_bytes / DRAM_BYTES_PER_S
 
 
-def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
-    """The path for one layer, "sequence" or "stepwise", from a per-step cost model (module docstring)."""
+def on_rocm(device: torch.device) -> bool:
+    """True for a GPU device of a ROCm build of torch (an AMD GPU)."""
+    return device.type == "cuda" and torch.version.hip is not None
+
+
+def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False) -> str:
+    """The path for one layer, "sequence" or "stepwise" (module docstring); ``rocm`` for an AMD GPU."""
     if _forced is not None:
         return _forced
+    if rocm and mode in ("LSTM", "GRU"):
+        return "stepwise"
     sequence_step, stepwise_step = step_costs(mode, hidden_size, proj_size, dtype)
     return "sequence" if sequence_step <= stepwise_step else "stepwise"
 
 
-def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[str, str]:
+def explain_path(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False
+) -> tuple[str, str]:
     """The path for one layer and why: ("sequence" | "stepwise", reason)."""
-    path = choose_path(mode, hidden_size, proj_size, dtype)
+    path = choose_path(mode, hidden_size, proj_size, dtype, rocm)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
+    if rocm and mode in ("LSTM", "GRU"):
+        return path, "on AMD GPUs the LSTM and GRU sequence kernels spill registers (compile report)"
     w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype)
     sequence_step, stepwise_step = step_costs(mode, hidden_size, proj_size, dtype)
     return path, (

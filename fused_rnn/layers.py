@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, cell_ops, sequence_ops
 from .backend import triton_runs_on
-from .dispatch import choose_path
+from .dispatch import choose_path, on_rocm
 from .path_report import log_call
 from .kernels import sequence_kernels as K
 
@@ -104,7 +104,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * dirs)
     proj = getattr(module, "proj_size", 0)
-    path = choose_path(module.mode, module.hidden_size, proj, x.dtype)
+    path = choose_path(module.mode, module.hidden_size, proj, x.dtype, on_rocm(x.device))
     h_n, c_n = [], []
     for layer in range(module.num_layers):
         outs = []

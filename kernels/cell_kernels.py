@@ -226,8 +226,8 @@ def compute_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _grid_and_meta(n: int, hidden: int) -> tuple[tuple[int, int], dict]:
-    blocks = cell_blocks(n, hidden)
+def _grid_and_meta(n: int, hidden: int, dtype: torch.dtype) -> tuple[tuple[int, int], dict]:
+    blocks = cell_blocks(n, hidden, dtype)
     grid = (triton.cdiv(n, blocks.block_n), triton.cdiv(hidden, blocks.block_h))
     return grid, dict(BLOCK_N=blocks.block_n, BLOCK_H=blocks.block_h, num_warps=blocks.num_warps)
 
@@ -248,7 +248,7 @@ def lstm_cell_forward(ig, hg, b_ih, b_hh, cx):
     """ig, hg (N, 4H), biases (4H,) or None, cx (N, H) -> hy, cy (N, H)."""
     n, hidden = cx.shape
     hy, cy = new_output(ig, (n, hidden)), new_output(ig, (n, hidden))
-    grid, meta = _grid_and_meta(n, hidden)
+    grid, meta = _grid_and_meta(n, hidden, cx.dtype)
     launch(
         lstm_cell_fwd_kernel, grid,
         *_matrix(ig, ig), *_matrix(hg, ig), *_biases(b_ih, b_hh, ig), *_matrix(cx, ig),
@@ -262,7 +262,7 @@ def lstm_cell_backward(dhy, dcy, ig, hg, b_ih, b_hh, cx):
     """Gradients of hy and cy (N, H), either may be None -> d_gates (N, 4H), dcx (N, H)."""
     n, hidden = cx.shape
     dg, dcx = new_output(ig, (n, 4 * hidden)), new_output(ig, (n, hidden))
-    grid, meta = _grid_and_meta(n, hidden)
+    grid, meta = _grid_and_meta(n, hidden, cx.dtype)
     launch(
         lstm_cell_bwd_kernel, grid,
         *_matrix(dhy, ig), *_matrix(dcy, ig), *_matrix(ig, ig), *_matrix(hg, ig), *_biases(b_ih, b_hh, ig),
@@ -277,7 +277,7 @@ def gru_cell_forward(ig, hg, b_ih, b_hh, hx):
     """ig, hg (N, 3H), biases (3H,) or None, hx (N, H) -> hy (N, H)."""
     n, hidden = hx.shape
     hy = new_output(ig, (n, hidden))
-    grid, meta = _grid_and_meta(n, hidden)
+    grid, meta = _grid_and_meta(n, hidden, hx.dtype)
     launch(
         gru_cell_fwd_kernel, grid,
         *_matrix(ig, ig), *_matrix(hg, ig), *_biases(b_ih, b_hh, ig), *_matrix(hx, ig), *_matrix(hy, ig),
@@ -290,7 +290,7 @@ def gru_cell_backward(dhy, ig, hg, b_ih, b_hh, hx):
     """Gradient of hy (N, H) -> d_ig (N, 3H), d_hg (N, 3H), direct part of dhx (N, H)."""
     n, hidden = hx.shape
     dig, dhg, dhx = new_output(ig, (n, 3 * hidden)), new_output(ig, (n, 3 * hidden)), new_output(ig, (n, hidden))
-    grid, meta = _grid_and_meta(n, hidden)
+    grid, meta = _grid_and_meta(n, hidden, hx.dtype)
     launch(
         gru_cell_bwd_kernel, grid,
         *_matrix(dhy, ig), *_matrix(ig, ig), *_matrix(hg, ig), *_biases(b_ih, b_hh, ig), *_matrix(hx, ig),
@@ -304,7 +304,7 @@ def rnn_cell_forward(ig, hg, b_ih, b_hh, relu: bool):
     """ig, hg (N, H), biases (H,) or None -> hy (N, H)."""
     n, hidden = ig.shape
     hy = new_output(ig, (n, hidden))
-    grid, meta = _grid_and_meta(n, hidden)
+    grid, meta = _grid_and_meta(n, hidden, ig.dtype)
     launch(
         rnn_cell_fwd_kernel, grid,
         *_matrix(ig, ig), *_matrix(hg, ig), *_biases(b_ih, b_hh, ig), *_matrix(hy, ig), n, hidden,
@@ -317,7 +317,7 @@ def rnn_cell_backward(dhy, hy, relu: bool):
     """Gradient of hy (N, H) and hy -> pre-activation gradient (N, H)."""
     n, hidden = hy.shape
     dpre = new_output(hy, (n, hidden))
-    grid, meta = _grid_and_meta(n, hidden)
+    grid, meta = _grid_and_meta(n, hidden, hy.dtype)
     launch(
         rnn_cell_bwd_kernel, grid,
         *_matrix(dhy, hy), *_matrix(hy, hy), *_matrix(dpre, hy), n, hidden,

@@ -66,14 +66,17 @@ class CellBlocks:
     num_warps: int
 
 
-def cell_blocks(n: int, hidden: int) -> CellBlocks:
-    """Tile for the step kernels, a pure function of batch and hidden size.
+def cell_blocks(n: int, hidden: int, dtype: torch.dtype) -> CellBlocks:
+    """Tile for the step kernels, a pure function of batch, hidden size and dtype.
 
-    About 2K elements per program per gate (4 warps): wide along the hidden
-    dimension, which is contiguous in memory, and as many rows as fit.
+    About 2K elements per program per gate (1K for fp64, whose values take two
+    registers) with 4 warps, so the LSTM backward's live gate values fit in
+    registers without spilling (checked by ``fused_rnn.compile_report``): wide
+    along the hidden dimension, which is contiguous in memory, and as many rows as fit.
     """
+    budget = 1024 if dtype == torch.float64 else 2048
     block_h = min(triton.next_power_of_2(max(hidden, 1)), 256)
-    block_n = max(1, min(triton.next_power_of_2(max(n, 1)), 2048 // block_h))
+    block_n = max(1, min(triton.next_power_of_2(max(n, 1)), budget // block_h))
     return CellBlocks(block_n=block_n, block_h=block_h, num_warps=4)
 
 
@@ -113,15 +116,19 @@ class SequenceBlocks:
     num_warps: int
 
 
-def sequence_blocks(batch: int, hidden: int) -> SequenceBlocks:
-    """Tile for the sequence kernels, a pure function of batch and hidden size.
+def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBlocks:
+    """Tile for the sequence kernels, a pure function of batch, hidden size and dtype.
 
     Each program re-reads all of W_hh every step through its SM's share of L2
     bandwidth, so a step takes about the same time whatever the tile's rows:
     the smallest tile that tensor cores take (16 rows) gives the most programs,
     hence the most SMs working in parallel. BLOCK_H = BLOCK_K are at least 16
-    (tl.dot's minimum) and at most 64, so a program's registers stay bounded
-    whatever the hidden size: W_hh is streamed by (BLOCK_K x BLOCK_H) blocks.
+    (tl.dot's minimum) and at most 32: W_hh is streamed by (BLOCK_K x BLOCK_H)
+    blocks, and with the LSTM's four gate accumulators and 64-bit addresses a
+    wider block spills registers (``fused_rnn.compile_report`` checks every
+    configuration for spills); fp64 values take two registers, so fp64 blocks
+    are 16 wide.
     """
-    block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), 64)
-    return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=4)
+    widest = 16 if dtype == torch.float64 else 32
+    block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)
+    return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8)

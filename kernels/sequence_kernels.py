@@ -316,7 +316,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int) -> tuple[tuple[int], dict]:
-    blocks = sequence_blocks(batch, hidden)
+    blocks = sequence_blocks(batch, hidden, dtype)
     meta = dict(
         CELL=cell, REVERSE=reverse, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         DOT_FP32=interpreting() and dtype == torch.bfloat16,

@@ -7,15 +7,25 @@ import itertools
 import torch
 
 from fused_rnn.kernels import cell_kernels
-from fused_rnn.kernels.launch import cell_blocks, count_launches, new_output, poison_outputs
+from fused_rnn.kernels.launch import cell_blocks, count_launches, new_output, poison_outputs, sequence_blocks
 
 
 def test_cell_blocks_are_powers_of_two_within_budget():
-    for n, h in itertools.product([0, 1, 3, 64, 1000, 100_000], [1, 3, 17, 100, 512, 4096]):
-        b = cell_blocks(n, h)
+    for (n, h), dtype in itertools.product(
+        itertools.product([0, 1, 3, 64, 1000, 100_000], [1, 3, 17, 100, 512, 4096]), [torch.float32, torch.float64]
+    ):
+        b = cell_blocks(n, h, dtype)
         assert b.block_n & (b.block_n - 1) == 0 and b.block_h & (b.block_h - 1) == 0
-        assert b.block_n * b.block_h <= 2048 and b.block_h >= min(h, 256)
-        assert cell_blocks(n, h) == b, "a pure function of the sizes"
+        budget = 1024 if dtype == torch.float64 else 2048
+        assert b.block_n * b.block_h <= max(budget, b.block_h) and b.block_h >= min(h, 256)
+        assert cell_blocks(n, h, dtype) == b, "a pure function of the sizes"
+
+
+def test_sequence_blocks_stay_within_16_and_32():
+    for b, h in itertools.product([1, 16, 1000], [1, 17, 64, 2048]):
+        blocks = sequence_blocks(b, h, torch.float32)
+        assert blocks.block_b == 16 and 16 <= blocks.block_h == blocks.block_k <= 32
+        assert sequence_blocks(b, h, torch.float64).block_h == 16, "fp64 takes two registers a value"
 
 
 def test_launches_are_counted_and_empty_grids_skipped(device):

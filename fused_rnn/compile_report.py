@@ -1,0 +1,622 @@
+"""Ahead-of-time compile report: every Triton kernel, for every configuration the launchers pick, on real GPU targets.
+
+No GPU is needed. The configurations come from the launchers themselves: each
+grid case calls the public launchers of ``fused_rnn.kernels`` on tensors of
+device "meta" with the kernel launch replaced by a recorder, and Triton's own
+argument binder turns each recorded launch into the signature, constexprs,
+alignment attributes and options the JIT would compile on that target. Nothing
+is copied by hand, so a new argument or block choice shows up here at once.
+Identical configurations are compiled once per target with ``triton.compile``,
+and the resources of each binary are read back: ``cuobjdump
+--dump-resource-usage`` on the cubin for NVIDIA, the amdgcn metadata for AMD.
+
+    python -m fused_rnn.compile_report [--quick] [--targets sm_80,sm_90,gfx942]
+                                       [--markdown PATH] [--json PATH] [--jobs N]
+
+Exits with status 1 when any configuration fails to compile, spills registers,
+uses local (scratch) memory, or needs more shared memory than its target has.
+
+Capture and compilation run in worker processes started without
+TRITON_INTERPRET, so the kernels are real JIT functions there and no
+interpreter-only choice (such as ``DOT_FP32``) leaks into the configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from multiprocessing.pool import Pool
+from pathlib import Path
+from unittest import mock
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+from .dispatch import choose_path, force_path
+from .kernels import cell_kernels, sequence_kernels
+from .kernels.launch import interpreting
+
+KERNEL_MODULES = (cell_kernels, sequence_kernels)
+
+# ----------------------------------------------------------------------------
+# Targets and the grid of cases
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A GPU to compile for, and its shared memory (LDS) per program in bytes."""
+
+    name: str
+    backend: str
+    arch: int | str
+    warp_size: int
+    shared_limit: int
+
+    @property
+    def gpu(self) -> GPUTarget:
+        return GPUTarget(self.backend, self.arch, self.warp_size)
+
+
+TARGETS = {
+    t.name: t
+    for t in (
+        Target("sm_80", "cuda", 80, 32, 163 * 1024),  # A100
+        Target("sm_90", "cuda", 90, 32, 227 * 1024),  # H100
+        Target("gfx942", "hip", "gfx942", 64, 64 * 1024),  # MI300
+    )
+}
+
+CELLS = ("LSTM", "LSTM_PROJ", "GRU", "RNN_TANH", "RNN_RELU")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One layer the launchers are called for: cell, dtype, sizes, direction, biases and the TF32 switch."""
+
+    cell: str  # one of CELLS; LSTM_PROJ is an LSTM with proj_size = hidden // 2
+    dtype: str  # torch dtype name
+    hidden: int
+    batch: int
+    reverse: bool
+    bias: bool
+    tf32: bool  # torch.backends.cudnn.allow_tf32, which the sequence kernels follow
+
+    def __str__(self) -> str:
+        flags = [self.cell, self.dtype, f"H={self.hidden}", f"B={self.batch}", "reverse" if self.reverse else "forward"]
+        flags += [] if self.bias else ["no bias"]
+        flags += [] if self.tf32 else ["no tf32"]
+        return " ".join(flags)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Axes of the cases: every combination is one Case."""
+
+    cells: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    hidden: tuple[int, ...]
+    batch: tuple[int, ...]
+    reverse: tuple[bool, ...]
+    bias: tuple[bool, ...]
+    tf32: tuple[bool, ...]
+
+    def cases(self) -> list[Case]:
+        axes = (self.cells, self.dtypes, self.hidden, self.batch, self.reverse, self.bias, self.tf32)
+        return [Case(*values) for values in itertools.product(*axes)]
+
+    def __str__(self) -> str:
+        return "; ".join(f"{name}: {', '.join(map(str, values))}" for name, values in asdict(self).items())
+
+
+# The documented grid: about 2300 configurations over the three targets, hours of compiling on 2 cores (use --jobs).
+FULL = Grid(
+    cells=CELLS,
+    dtypes=("float32", "float16", "bfloat16", "float64"),
+    hidden=(64, 129, 2048),
+    batch=(1, 4096),
+    reverse=(False, True),
+    bias=(True, False),
+    tf32=(True, False),
+)
+# Every kernel on every target, each cell's code path (CELL, HAS_PROJ, HAS_BHN, RELU) and accumulator type, both
+# directions, a hidden size that is not a multiple of 16 and the largest step-kernel tile (8 x 256). fp64 LSTM is
+# the heaviest in registers. Small enough for CI: the full grid covers the rest.
+QUICK = (
+    Case("LSTM", "float64", 1000, 8, reverse=True, bias=True, tf32=True),
+    Case("LSTM_PROJ", "bfloat16", 1000, 8, reverse=False, bias=True, tf32=True),
+    Case("GRU", "float32", 1000, 8, reverse=True, bias=True, tf32=True),
+    Case("RNN_RELU", "float16", 1000, 8, reverse=False, bias=False, tf32=True),
+)
+
+# ----------------------------------------------------------------------------
+# Capture: call the launchers with a recorder in place of the launch
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One compilation: a kernel specialised as Triton's JIT would for one launch, on one target."""
+
+    kernel: str
+    target: str
+    signature: tuple[tuple[str, str], ...]  # (parameter, type): "*bf16", "i32", "constexpr", ...
+    constexprs: tuple[tuple[str, object], ...]  # declared constexprs and specialised arguments (None, 1)
+    attrs: tuple[tuple[str, str], ...]  # (parameter, specialisation): "D" divisible by 16, "S" 32-bit range (AMD)
+    options: tuple[tuple[str, object], ...]  # num_warps, num_stages as the launcher passes them
+    label: str = field(compare=False)  # the declared constexprs and options, for the table
+
+
+@functools.cache
+def _kernels() -> dict[str, JITFunction]:
+    """Every public @triton.jit function defined in the kernel modules, by name."""
+    kernels = {}
+    for module in KERNEL_MODULES:
+        for name, obj in vars(module).items():
+            if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__ and not name.startswith("_"):
+                kernels[name] = obj
+    return kernels
+
+
+def _is_sequence_kernel(name: str) -> bool:
+    return hasattr(sequence_kernels, name)
+
+
+def kernel_names() -> list[str]:
+    """Names of the project's kernels (call in a worker: needs kernels compiled by the JIT, not interpreted)."""
+    return sorted(_kernels())
+
+
+@contextlib.contextmanager
+def _recorded_launches() -> Iterator[list[tuple]]:
+    """Replace the launch in every kernel module by a recorder; yields the (kernel, args, kwargs) it records."""
+    launches: list[tuple] = []
+
+    def record(kernel, grid, *args, **kwargs) -> None:
+        launches.append((kernel, args, kwargs))
+
+    with contextlib.ExitStack() as stack:
+        for module in KERNEL_MODULES:
+            stack.enter_context(mock.patch.object(module, "launch", record))
+        yield launches
+
+
+@contextlib.contextmanager
+def _cudnn_tf32(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
+def _cell_id(case: Case) -> int:
+    """The sequence kernels' CELL constant of the case's cell."""
+    return sequence_kernels.CELLS[case.cell.removesuffix("_PROJ")]
+
+
+def _call_cell_launchers(case: Case) -> None:
+    """The step kernels' launchers, forward and backward, as the cell ops call them (N = batch)."""
+    C, S, cell = cell_kernels, sequence_kernels, _cell_id(case)
+    n, h, dtype = case.batch, case.hidden, getattr(torch, case.dtype)
+    gates = S.GATES[cell] * h
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    ig, hg, state = meta(n, gates), meta(n, gates), meta(n, h)
+    b_ih, b_hh = (meta(gates), meta(gates)) if case.bias else (None, None)
+    if cell == S.LSTM:
+        C.lstm_cell_forward(ig, hg, b_ih, b_hh, state)
+        for dh, dc in ((meta(n, h), meta(n, h)), (meta(n, h), None), (None, meta(n, h))):  # either may be None
+            C.lstm_cell_backward(dh, dc, ig, hg, b_ih, b_hh, state)
+    elif cell == S.GRU:
+        C.gru_cell_forward(ig, hg, b_ih, b_hh, state)
+        C.gru_cell_backward(meta(n, h), ig, hg, b_ih, b_hh, state)
+    else:
+        relu = cell == S.RNN_RELU
+        hy = C.rnn_cell_forward(ig, hg, b_ih, b_hh, relu)
+        C.rnn_cell_backward(meta(n, h), hy, relu)
+
+
+SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
+
+
+def _call_sequence_launchers(case: Case) -> None:
+    """The sequence kernels' launchers, forward then backward on the forward's outputs, as the layers call them."""
+    S, cell = sequence_kernels, _cell_id(case)
+    T, B, H = SEQUENCE_STEPS, case.batch, case.hidden
+    R = H // 2 if case.cell == "LSTM_PROJ" else H
+    dtype = getattr(torch, case.dtype)
+
+    def meta(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    G = S.GATES[cell] * H
+    w_hh, w_hr = meta(G, R), (meta(R, H) if R != H else None)
+    b_hn = meta(H) if cell == S.GRU and case.bias else None
+    h0, c0 = meta(B, R), (meta(B, H) if cell == S.LSTM else None)
+    lengths = meta(B, dtype=torch.int64)
+    y, h_n, c_n, ws, cs, _ = S.sequence_forward(meta(T, B, G), w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse)
+    dc_n = torch.empty_like(c_n) if cell == S.LSTM else None
+    S.sequence_backward(
+        torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, case.reverse
+    )
+
+
+@functools.cache
+def _binder(kernel: str, target: str):
+    """Triton's argument binder for ``kernel`` on ``target``: args -> (bound, specialisation, options)."""
+    fn = _kernels()[kernel]
+    return create_function_from_signature(fn.signature, fn.params, make_backend(TARGETS[target].gpu))
+
+
+def _specialise(kernel, args: tuple, kwargs: dict, target: str) -> Config:
+    """The configuration the JIT compiles for this launch on ``target``."""
+    name = kernel.fn.__name__
+    bound, specialisation, options = _binder(name, target)(*args, **kwargs)
+    params = [p.name for p in kernel.params]
+    signature = tuple((p, spec[0]) for p, spec in zip(params, specialisation))
+    constexprs = tuple((p, bound[p]) for p, (ty, _) in zip(params, specialisation) if ty == "constexpr")
+    attrs = tuple((p, key) for p, (ty, key) in zip(params, specialisation) if ty != "constexpr" and key)
+    declared = [f"{p.name}={_show(bound[p.name])}" for p in kernel.params if p.is_constexpr]
+    label = " ".join(declared + [f"{k}={v}" for k, v in sorted(options.items())])
+    return Config(name, target, signature, constexprs, attrs, tuple(sorted(options.items())), label)
+
+
+def _show(value: object) -> str:
+    return str(value) if isinstance(value, triton.language.dtype) else repr(value)
+
+
+def _sequence_path_on(case: Case, target: str) -> bool:
+    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target`` (it never does for
+    LSTM and GRU on AMD GPUs); elsewhere every case is compiled, whatever the cost model picks, since
+    ``fused_rnn.force_path("sequence")`` can launch it."""
+    mode = "LSTM" if case.cell == "LSTM_PROJ" else case.cell
+    rocm = TARGETS[target].backend == "hip"
+    with force_path(None):
+        return choose_path(mode, 0, 0, getattr(torch, case.dtype), rocm) == "sequence"
+
+
+def capture(case: Case, targets: Sequence[str]) -> list[Config]:
+    """Every kernel configuration the launchers pick for ``case``, specialised for each target."""
+    with _recorded_launches() as cell_launches, _cudnn_tf32(case.tf32):
+        _call_cell_launchers(case)
+    with _recorded_launches() as sequence_launches, _cudnn_tf32(case.tf32):
+        _call_sequence_launchers(case)
+    configs = [_specialise(kernel, args, kwargs, t) for kernel, args, kwargs in cell_launches for t in targets]
+    sequence_targets = [t for t in targets if _sequence_path_on(case, t)]
+    return configs + [_specialise(k, args, kwargs, t) for k, args, kwargs in sequence_launches for t in sequence_targets]
+
+
+# ----------------------------------------------------------------------------
+# Compile and read the resources back
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources of one binary: per thread, except shared memory (per program, static + dynamic)."""
+
+    regs: int  # NVIDIA REG; AMD .vgpr_count (VGPRs and AGPRs)
+    spills: int  # bytes: NVIDIA STACK (ptxas spills to the stack frame); AMD 4 per spilled VGPR or SGPR
+    local: int  # bytes: NVIDIA LOCAL; AMD scratch (.private_segment_fixed_size)
+    shared: int
+    detail: str  # the tool's own figures
+
+
+@dataclass(frozen=True)
+class Result:
+    config: Config
+    usage: Usage | None
+    error: str | None
+    seconds: float
+
+    def problems(self) -> list[str]:
+        """What makes this configuration fail the report (empty when it passes)."""
+        if self.error is not None:
+            return [f"compile error: {self.error}"]
+        u, limit = self.usage, TARGETS[self.config.target].shared_limit
+        found = [f"spills {u.spills} B"] if u.spills else []
+        found += [f"local memory {u.local} B"] if u.local else []
+        found += [f"shared {u.shared} B > {limit} B"] if u.shared > limit else []
+        return found
+
+
+def _nvidia_usage(compiled) -> Usage:
+    """REG, STACK, SHARED, LOCAL from cuobjdump --dump-resource-usage on the cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        command = [triton.knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    line = re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", out).group(0)
+    figures = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", line)}
+    return Usage(figures["REG"], figures["STACK"], figures["LOCAL"], figures["SHARED"] + compiled.metadata.shared, line)
+
+
+_AMD_FIELDS = ("vgpr_count", "agpr_count", "sgpr_count", "vgpr_spill_count", "sgpr_spill_count",
+               "private_segment_fixed_size", "group_segment_fixed_size")
+
+
+def _amd_usage(compiled) -> Usage:
+    """Register, spill and segment sizes from the kernel metadata in the amdgcn text (absent AGPRs mean none)."""
+    found = {k: int(v) for k, v in re.findall(r"^\s+\.(\w+):\s+(\d+)\s*$", compiled.asm["amdgcn"], re.MULTILINE)}
+    f = {k: found[k] if k != "agpr_count" else found.get(k, 0) for k in _AMD_FIELDS}
+    detail = " ".join(f"{k.removesuffix('_count').removesuffix('_fixed_size')}:{v}" for k, v in f.items())
+    return Usage(
+        f["vgpr_count"], 4 * (f["vgpr_spill_count"] + f["sgpr_spill_count"]), f["private_segment_fixed_size"],
+        f["group_segment_fixed_size"] + compiled.metadata.shared, detail,
+    )
+
+
+def compile_config(config: Config) -> Result:
+    """Compile one configuration for its target; a compile error is part of the result."""
+    fn, target = _kernels()[config.kernel], TARGETS[config.target]
+    backend = make_backend(target.gpu)
+    index = {name: (i,) for i, name in enumerate(fn.arg_names)}
+    src = ASTSource(
+        fn, dict(config.signature), {index[p]: v for p, v in config.constexprs},
+        {index[p]: backend.parse_attr(a) for p, a in config.attrs},
+    )
+    start = time.perf_counter()
+    try:
+        compiled = triton.compile(src, target=target.gpu, options=dict(config.options))
+    except Exception as error:  # reported per configuration; it fails the report, not the run
+        message = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+        return Result(config, None, message, time.perf_counter() - start)
+    usage = _nvidia_usage(compiled) if target.backend == "cuda" else _amd_usage(compiled)
+    return Result(config, usage, None, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------
+# The run: worker processes without the interpreter
+# ----------------------------------------------------------------------------
+
+
+def _worker_init() -> None:
+    assert not interpreting(), "compile report workers must not run Triton's interpreter"
+
+
+@contextlib.contextmanager
+def _workers(jobs: int, cache_dir: Path | None) -> Iterator[Pool]:
+    """A pool of fresh processes whose environment has no TRITON_INTERPRET (and TRITON_CACHE_DIR if given)."""
+    saved = dict(os.environ)
+    os.environ.pop("TRITON_INTERPRET", None)
+    if cache_dir is not None:
+        os.environ["TRITON_CACHE_DIR"] = str(cache_dir)
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    with pool:
+        yield pool
+
+
+def _capture_case(job: tuple[Case, tuple[str, ...]]) -> tuple[Case, list[Config]]:
+    case, targets = job
+    return case, capture(case, targets)
+
+
+@dataclass
+class Report:
+    """Every compiled configuration, the first case that picked each, and the kernels no case reached."""
+
+    grid: str  # what the cases were
+    targets: tuple[str, ...]
+    results: list[Result]
+    examples: dict[Config, Case]
+    cases: int
+    uncovered: list[str]
+    seconds: float
+    jobs: int
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.uncovered) or any(r.problems() for r in self.results)
+
+
+def run(cases: Sequence[Case], grid: str, targets: Sequence[str], jobs: int, cache_dir: Path | None = None) -> Report:
+    """Capture every case, dedupe, and compile each configuration for ``targets``; ``grid`` describes the cases."""
+    start = time.perf_counter()
+    targets = tuple(targets)
+    with _workers(jobs, cache_dir) as pool:
+        names = pool.apply(kernel_names)
+        examples: dict[Config, Case] = {}
+        for case, configs in pool.imap(_capture_case, [(c, targets) for c in cases], chunksize=16):
+            for config in configs:
+                examples.setdefault(config, case)
+        # Longest first (sequence kernels), so the last workers do not wait on one slow compile.
+        order = sorted(examples, key=lambda c: not _is_sequence_kernel(c.kernel))
+        print(f"{len(cases)} cases -> {len(order)} configurations to compile", file=sys.stderr, flush=True)
+        results = []
+        for result in pool.imap_unordered(compile_config, order):
+            results.append(result)
+            if len(results) % 100 == 0:
+                print(f"{len(results)} compiled, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    reached = {(c.kernel, c.target) for c in examples}
+    uncovered = [f"{k} on {t}" for k in names for t in targets if (k, t) not in reached]
+    return Report(grid, targets, results, examples, len(cases), uncovered, time.perf_counter() - start, jobs)
+
+
+# ----------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------
+
+
+def _severity(result: Result) -> tuple:
+    """Sort key, worst first: compile errors, then spills, local memory, shared memory use, registers."""
+    if result.usage is None:
+        return (0,)
+    u, limit = result.usage, TARGETS[result.config.target].shared_limit
+    return (1 if result.problems() else 2, -u.spills, -u.local, -u.shared / limit, -u.regs)
+
+
+def _worst_per_kernel_and_target(results: Iterable[Result]) -> list[tuple[Result, int, int]]:
+    """(worst result, configurations, failing configurations) per kernel and target, worst first."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.config.kernel, r.config.target), []).append(r)
+    rows = [(min(g, key=_severity), len(g), sum(bool(r.problems()) for r in g)) for g in groups.values()]
+    return sorted(rows, key=lambda row: (_severity(row[0]), row[0].config.kernel, row[0].config.target))
+
+
+def summary_table(report: Report) -> str:
+    """Markdown table: one row per kernel and target, showing its worst configuration."""
+    lines = [
+        "| kernel | target | configs | failing | regs | spill B | local B | shared B / limit | worst configuration |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for worst, n, failing in _worst_per_kernel_and_target(report.results):
+        c, u = worst.config, worst.usage
+        limit = TARGETS[c.target].shared_limit
+        figures = "error | | | " if u is None else f"{u.regs} | {u.spills} | {u.local} | {u.shared} / {limit}"
+        config = f"{report.examples[c]}: {c.label}" + (f" ({worst.error})" if worst.error else "")
+        lines.append(f"| {c.kernel} | {c.target} | {n} | {failing} | {figures} | {config} |")
+    return "\n".join(lines)
+
+
+def w_hh_tile(report: Report) -> list[str]:
+    """Whether the sequence kernels' on-chip W_hh block fits: their largest shared memory on each target."""
+    lines = []
+    for target in report.targets:
+        used = [r.usage.shared for r in report.results if r.usage and r.config.target == target
+                and _is_sequence_kernel(r.config.kernel)]
+        limit = TARGETS[target].shared_limit
+        if used:
+            verdict = "fits" if max(used) <= limit else "DOES NOT FIT"
+            lines.append(f"- W_hh tile of the sequence kernels on {target}: up to {max(used)} of {limit} B, {verdict}")
+    return lines
+
+
+def summary(report: Report) -> str:
+    """The table, whether the W_hh tile fits, what failed and how long it took."""
+    failing = sum(bool(r.problems()) for r in report.results)
+    lines = [summary_table(report), "", *w_hh_tile(report)]
+    lines += [f"- NOT COVERED by any case: {u}" for u in report.uncovered]
+    lines.append(
+        f"- {report.cases} cases -> {len(report.results)} configurations on {', '.join(report.targets)}; "
+        f"{failing} failing; {report.seconds:.0f} s with {report.jobs} processes; triton {triton.__version__}"
+    )
+    return "\n".join(lines)
+
+
+def to_json(report: Report) -> list[dict]:
+    """Every configuration with its example case, resources and problems."""
+    return [
+        {
+            "kernel": r.config.kernel, "target": r.config.target, "case": str(report.examples[r.config]),
+            "label": r.config.label, "signature": dict(r.config.signature),
+            "constexprs": {k: _show(v) for k, v in r.config.constexprs}, "attrs": dict(r.config.attrs),
+            "options": dict(r.config.options), "usage": asdict(r.usage) if r.usage else None, "error": r.error,
+            "problems": r.problems(), "seconds": round(r.seconds, 2),
+        }
+        for r in sorted(report.results, key=_severity)
+    ]
+
+
+MARKDOWN = """# Ahead-of-time compile report
+
+Generated by `{command}` on {date} with triton {triton}, torch {torch}.
+Regenerate it with `make compile-report` (the full grid, hours on 2 cores) or
+`make compile-report COMPILE_REPORT_ARGS=--quick` (the reduced grid of the CI test,
+`tests/test_compile_report.py`, about two minutes). No GPU is needed.
+
+`fused_rnn.compile_report` compiles every Triton kernel of the project (the public
+kernels of `kernels/cell_kernels.py` and `kernels/sequence_kernels.py`) for NVIDIA
+sm_80 (A100), sm_90 (H100) and AMD gfx942 (MI300). The configurations come from the
+launchers themselves: each case of the grid calls the public launchers on tensors of
+device "meta" with the launch replaced by a recorder, and Triton's own argument binder
+gives the signature, constexprs, alignment attributes and options its JIT would
+compile, so nothing is copied by hand. Identical configurations are compiled once per
+target. Resources come from `cuobjdump --dump-resource-usage` on the cubin (NVIDIA)
+and from the kernel metadata in the amdgcn text (AMD).
+
+A configuration fails when it does not compile, spills registers, uses local (scratch)
+memory, or needs more shared memory than its target has; the command then exits with
+status 1 (after writing this file). Columns:
+
+- **configs / failing**: distinct configurations of the kernel on the target, and how many fail.
+- **regs**: registers per thread (NVIDIA `REG`; AMD `.vgpr_count`, VGPRs and AGPRs).
+- **spill B**: bytes per thread. NVIDIA: the stack frame (`STACK`; ptxas spills there).
+  AMD: 4 per spilled register, `.vgpr_spill_count` + `.sgpr_spill_count` (SGPRs spill to
+  VGPR lanes, VGPRs to scratch); `--json PATH` has the split.
+- **local B**: NVIDIA `LOCAL`; AMD scratch (`.private_segment_fixed_size`).
+- **shared B / limit**: shared memory (LDS) per program, static + dynamic, against the
+  target's limit: 163 KB on sm_80, 227 KB on sm_90, 64 KB of LDS on gfx942. The sequence
+  kernels stream W_hh by BLOCK_K x BLOCK_H blocks every step, so what they keep on chip is
+  one block (with the compiler's pipeline buffers): the lines under the table say whether it fits.
+
+Each row shows the worst configuration of one kernel on one target, worst rows first,
+with the first grid case that picked it; `--json PATH` writes every configuration.
+Sequence kernels are called with T = {steps} (T is not specialised on).
+
+Grid ({grid}).
+
+{summary}
+"""
+
+
+def markdown(report: Report, command: str) -> str:
+    """The report as a document: what it does, how to regenerate it, the table."""
+    return MARKDOWN.format(
+        command=command, date=datetime.date.today().isoformat(), triton=triton.__version__,
+        torch=torch.__version__.split("+")[0], steps=SEQUENCE_STEPS, grid=report.grid, summary=summary(report),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+
+def _parse_targets(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fused_rnn.compile_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", type=_parse_targets, default=list(TARGETS), help="comma-separated, default: all")
+    parser.add_argument("--quick", action="store_true", help="reduced grid: every kernel, cell and dtype, one shape")
+    parser.add_argument("--markdown", type=Path, help="write the report as a markdown document")
+    parser.add_argument("--json", type=Path, help="write every configuration and its resources as JSON")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        report = run(QUICK, "quick: " + "; ".join(map(str, QUICK)), args.targets, args.jobs)
+    else:
+        report = run(FULL.cases(), f"full: {FULL}", args.targets, args.jobs)
+    print(summary(report))
+    if args.markdown:
+        command = " ".join(["python -m fused_rnn.compile_report", *(argv if argv is not None else sys.argv[1:])])
+        args.markdown.write_text(markdown(report, command))
+    if args.json:
+        args.json.write_text(json.dumps(to_json(report), indent=1))
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The ahead-of-time compile report on the quick grid: every kernel compiles for every target without spilling.
+
+The report compiles for real GPU targets even here, where conftest runs the
+kernels in Triton's interpreter: its workers start without TRITON_INTERPRET.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fused_rnn import compile_report as R
+
+TARGETS = list(R.TARGETS)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A fresh Triton cache: the first run compiles everything, later runs in this module reuse it."""
+    return tmp_path_factory.mktemp("triton-cache")
+
+
+@pytest.fixture(scope="module")
+def report(cache_dir) -> R.Report:
+    return R.run(R.QUICK, "quick", TARGETS, jobs=2, cache_dir=cache_dir)
+
+
+def _failures(report: R.Report, results: list[R.Result]) -> str:
+    """One line per result: target, kernel, the case that picked it, what is wrong."""
+    return "\n".join(f"{r.config.target} {r.config.kernel} [{report.examples[r.config]}]: {r.problems()}"
+                     for r in results)
+
+
+def test_quick_grid_reaches_every_kernel_on_every_target(report):
+    assert not report.uncovered
+    kernels = {r.config.kernel for r in report.results}
+    assert {(r.config.kernel, r.config.target) for r in report.results} == {(k, t) for k in kernels for t in TARGETS}
+    assert {"sequence_fwd_kernel", "sequence_bwd_kernel", "lstm_cell_fwd_kernel", "rnn_cell_bwd_kernel"} <= kernels
+
+
+def test_configurations_are_captured_as_on_a_gpu(report):
+    """Interpreter-only choices do not leak: bf16 sequence kernels multiply in bf16 even though this process
+    interprets (when it has no GPU)."""
+    bf16 = [r.config for r in report.results if r.config.kernel == "sequence_fwd_kernel"
+            and dict(r.config.signature)["xp"] == "*bf16"]
+    assert bf16 and all(dict(c.constexprs)["DOT_FP32"] is False for c in bf16)
+
+
+def test_amd_gets_only_the_sequence_kernels_the_dispatcher_launches_there(report):
+    """LSTM and GRU run stepwise on AMD GPUs (fused_rnn.dispatch), so only RNN sequence kernels are compiled for gfx942."""
+    cells = {dict(r.config.constexprs)["CELL"] for r in report.results
+             if r.config.target == "gfx942" and r.config.kernel.startswith("sequence")}
+    assert cells and cells <= {2, 3}
+
+
+def test_every_configuration_compiles(report):
+    errors = [r for r in report.results if r.error is not None]
+    assert not errors, _failures(report, errors)
+    assert all(r.usage.regs > 0 for r in report.results)
+
+
+def test_no_configuration_spills_or_overflows_shared_memory(report):
+    failing = [r for r in report.results if r.problems()]
+    assert not failing, _failures(report, failing)
+
+
+def _config(target: str) -> R.Config:
+    return R.Config("k", target, (), (), (), (), label="")
+
+
+@pytest.mark.parametrize(
+    ("usage", "error", "problems"),
+    [
+        (R.Usage(regs=40, spills=0, local=0, shared=1024, detail=""), None, []),
+        (R.Usage(regs=255, spills=632, local=0, shared=0, detail=""), None, ["spills 632 B"]),
+        (R.Usage(regs=96, spills=0, local=16, shared=0, detail=""), None, ["local memory 16 B"]),
+        (R.Usage(regs=96, spills=0, local=0, shared=65537, detail=""), None, ["shared 65537 B > 65536 B"]),
+        (None, "CompilationError: boom", ["compile error: CompilationError: boom"]),
+    ],
+    ids=["ok", "spills", "local", "shared-over-limit", "compile-error"],
+)
+def test_what_fails_a_configuration(usage, error, problems):
+    assert R.Result(_config("gfx942"), usage, error, 0.0).problems() == problems
+
+
+def test_command_line_writes_the_table_and_exits_non_zero_on_failures(report, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache_dir))  # the fixture's binaries: nothing recompiles
+    md, js = tmp_path / "report.md", tmp_path / "report.json"
+    status = R.main(["--quick", "--jobs", "2", "--markdown", str(md), "--json", str(js)])
+    assert status == (1 if report.failed else 0)
+    text = md.read_text()
+    for kernel in {r.config.kernel for r in report.results}:
+        for target in TARGETS:
+            assert f"| {kernel} | {target} |" in text
+    rows = json.loads(js.read_text())
+    assert len(rows) == len(report.results)
+    assert {row["target"] for row in rows} == set(TARGETS)
