@@ -11,6 +11,8 @@ from helpers import TOL, rel_err
 import fused_rnn
 
 STEPS, T, B, I, H = 3, 5, 4, 3, 4
+# The fused kernels run on the GPU when there is one (both processes share it), else in the interpreter on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Net(torch.nn.Module):
@@ -23,6 +25,7 @@ class Net(torch.nn.Module):
         self.lstm = nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
         self.gru = nn.GRU(2 * H, H, dtype=torch.float64)
         self.head = torch.nn.Linear(H, 1, dtype=torch.float64)
+        self.to(DEVICE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.lstm(x)
@@ -33,7 +36,8 @@ class Net(torch.nn.Module):
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     return [
-        (torch.randn(T, B, I, generator=g, dtype=torch.float64), torch.randn(T, B, generator=g, dtype=torch.float64))
+        (torch.randn(T, B, I, generator=g, dtype=torch.float64).to(DEVICE),
+         torch.randn(T, B, generator=g, dtype=torch.float64).to(DEVICE))
         for _ in range(STEPS)
     ]
 
@@ -69,7 +73,7 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
     reference = Net(fused=False)
     train(reference, slice(0, B))
-    got = torch.load(out_file)
+    got = torch.load(out_file, map_location=DEVICE)
     assert got.keys() == reference.state_dict().keys()
     for name, expected in reference.state_dict().items():
         assert rel_err(got[name], expected) <= TOL[torch.float64], name

@@ -20,4 +20,7 @@ def test_wheel_contains_fused_rnn_kernels_only(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "fused_rnn/kernels/cell_kernels.py" in names
     assert "fused_rnn/kernels/cell_math.py" in names
+    assert "fused_rnn/bench/cli.py" in names, "the fused-rnn-bench console script needs its package"
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "fused-rnn-bench = fused_rnn.bench.cli:main" in entry_points
     assert not [n for n in names if n.startswith("kernels/")]
