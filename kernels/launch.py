@@ -122,12 +122,12 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBloc
     Each program re-reads all of W_hh every step through its SM's share of L2
     bandwidth, so a step takes about the same time whatever the tile's rows:
     the smallest tile that tensor cores take (16 rows) gives the most programs,
-    hence the most SMs working in parallel. BLOCK_H = BLOCK_K are at least 16
-    (tl.dot's minimum) and at most 32: W_hh is streamed by (BLOCK_K x BLOCK_H)
-    blocks, and with the LSTM's four gate accumulators and 64-bit addresses a
-    wider block spills registers (``fused_rnn.compile_report`` checks every
-    configuration for spills); fp64 values take two registers, so fp64 blocks
-    are 16 wide.
+    hence the most SMs working in parallel. W_hh is streamed by
+    (BLOCK_K x BLOCK_H) blocks, BLOCK_H = BLOCK_K = clamp(next_pow2(H), 16, 32)
+    (16 for fp64, whose values take two registers), 8 warps: 64-wide blocks,
+    or 4 warps, spill registers with the LSTM's four gate accumulators and
+    64-bit addresses. ``fused_rnn.compile_report`` checks the configurations
+    for spills; some remain at odd hidden sizes (docs/compile-report.md).
     """
     widest = 16 if dtype == torch.float64 else 32
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)

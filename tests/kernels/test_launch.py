@@ -23,9 +23,10 @@ def test_cell_blocks_are_powers_of_two_within_budget():
 
 def test_sequence_blocks_stay_within_16_and_32():
     for b, h in itertools.product([1, 16, 1000], [1, 17, 64, 2048]):
-        blocks = sequence_blocks(b, h, torch.float32)
+        blocks = sequence_blocks(b, h, torch.bfloat16)
         assert blocks.block_b == 16 and 16 <= blocks.block_h == blocks.block_k <= 32
-        assert sequence_blocks(b, h, torch.float64).block_h == 16, "fp64 takes two registers a value"
+        assert sequence_blocks(b, h, torch.float32) == blocks
+        assert sequence_blocks(b, h, torch.float64).block_h == 16, "fp64 values take two registers"
 
 
 def test_launches_are_counted_and_empty_grids_skipped(device):
