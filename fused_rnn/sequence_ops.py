@@ -119,7 +119,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     d_w = d_wr = None
     if ctx.needs_input_grad[1]:
         h_prev = previous_states(y, h0, lengths, ctx.reverse)
-        d_w = d_hidden.reshape(T * B, -1).t().mm(h_prev.reshape(T * B, R).to(d_hidden.dtype))
+        d_w = d_hidden.reshape(T * B, d_hidden.shape[-1]).t().mm(h_prev.reshape(T * B, R).to(d_hidden.dtype))
     if w_hr is not None and ctx.needs_input_grad[3]:
         d_wr = dhs.reshape(T * B, R).t().mm(ms.reshape(T * B, H))
     d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None

@@ -116,17 +116,17 @@ def gru_backward(dh, h_prev, r, z, n, h_n):
 # ----------------------------------------------------------------------------
 @triton.jit
 def rnn_forward(pre, RELU: tl.constexpr):
-    """h = relu(pre) or tanh(pre)."""
+    """h = relu(pre) or tanh(pre); relu keeps NaN, as torch's does."""
     if RELU:
-        return tl.maximum(pre, 0.0)
+        return tl.maximum(pre, 0.0, propagate_nan=tl.PropagateNan.ALL)
     else:
         return tanh(pre)
 
 
 @triton.jit
 def rnn_backward(dh, h, RELU: tl.constexpr):
-    """Pre-activation gradient from the output h (relu: dh where h > 0)."""
+    """Pre-activation gradient from the output h (relu: 0 where h <= 0, else dh, so NaN passes as in torch)."""
     if RELU:
-        return tl.where(h > 0.0, dh, 0.0)
+        return tl.where(h <= 0.0, 0.0, dh)
     else:
         return dh * (1.0 - h * h)

@@ -60,11 +60,14 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
     """
     acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
+        kk = tl.arange(0, BLOCK_K)
+        ks = k0 + kk
         kmask = ks < K
         x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
                     mask=rmask[:, None] & kmask[None, :], other=0.0)
-        wt = tl.load(w + (w_row0 + cols)[None, :] * s_wr + ks[:, None] * s_wk,
+        # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
+        w_k = w + tl.cast(k0, tl.int64) * s_wk
+        wt = tl.load(w_k + (w_row0 + cols)[None, :] * s_wr + kk[:, None] * s_wk,
                      mask=kmask[:, None] & (cols < ncols)[None, :], other=0.0)
         x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
         if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
@@ -297,7 +300,7 @@ def sequence_bwd_kernel(
             elif CELL == 1:
                 acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 2 * H, w, s_wk, s_wg, j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + 2 * H * s_wg, s_wk, s_wg,
+                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + (2 * H).to(tl.int64) * s_wg, s_wk, s_wg,
                                      j, cols, H - j, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
                 acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, H - j,
@@ -327,6 +330,18 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int)
     return (triton.cdiv(batch, blocks.block_b),), meta
 
 
+def _in_block_offsets_fit(w: torch.Tensor | None, block_k: int) -> torch.Tensor | None:
+    """``w``, or a contiguous copy when BLOCK_K times one of its strides passes int32.
+
+    ``_matmul_block`` offsets a block's base in int64 but the rows inside a block
+    in int32 (64-bit offsets there spill registers); a weight view with a huge
+    stride is copied rather than read out of bounds.
+    """
+    if w is None or max(w.stride()) * block_k < 2**31:
+        return w
+    return w.contiguous()
+
+
 def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
     """A tensor argument and its strides, or a placeholder with zero strides for an unused one."""
     return (t, *t.stride()) if t is not None and t.numel() else (like, *([0] * ndim))
@@ -353,6 +368,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     cs = new_output(cbuf, (T, B, H) if is_lstm else (0,))
     ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
     grid, meta = _meta(cell, reverse, xp.dtype, B, H)
+    w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
     launch(
         sequence_fwd_kernel, grid,
         xp, *xp.stride(), w_hh, *w_hh.stride(), *_or_dummy(b_hn, xp, 1), *_or_dummy(w_hr, xp, 2),
@@ -386,6 +402,7 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     is_lstm = cell == LSTM
     dcbuf = new_output(dhbuf, (B, H) if is_lstm else (0,))
     grid, meta = _meta(cell, reverse, y.dtype, B, H)
+    w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
     launch(
         sequence_bwd_kernel, grid,
         dy, *dy.stride(), dh_n, *dh_n.stride(), *_or_dummy(dc_n, dh_n, 2), w_hh, *w_hh.stride(),

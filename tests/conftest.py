@@ -15,8 +15,21 @@ if not torch.cuda.is_available():
 import contextlib  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from fused_rnn.kernels.launch import count_launches, interpreting, poison_outputs  # noqa: E402
+
+# Property tests (hypothesis). "ci", the default: a fixed set of examples (derandomize: the same ones on every
+# run, no example database) sized for the interpreter on 2 cores. "dev": a 20x larger random search, for local
+# runs: HYPOTHESIS_PROFILE=dev python -m pytest tests/test_layers_properties.py. Tests scale their own
+# example counts from ``settings.default.max_examples``. No deadline: interpreter timings vary.
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=10, derandomize=True, database=None, deadline=None, suppress_health_check=_SLOW_OK,
+    print_blob=True,
+)
+settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # torch's own recurrent implementations (torch.nn's modules call them through _VF): the fused
 # path must never call them.

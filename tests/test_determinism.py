@@ -1,0 +1,102 @@
+"""Run-to-run determinism: the same inputs give bitwise-identical outputs and gradients.
+
+The kernels reduce without atomics (each program owns its batch rows and the
+whole hidden state of those rows; the weight gradients are GEMMs after the
+kernel), so nothing depends on the order in which programs finish. The
+interpreter runs programs one after another and would hide a race, so the
+GPU test repeats the check on the GPU at a size with many programs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import fused_path_only
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fused_rnn
+
+LAYERS = [
+    ("LSTM", dict(proj_size=3)),
+    ("GRU", dict()),
+    ("RNN", dict(nonlinearity="relu")),
+]
+
+
+def _layer(
+    name: str, input_size: int, hidden: int, layers: int, device: str, dtype: torch.dtype, **kwargs
+) -> nn.RNNBase:
+    torch.manual_seed(0)
+    module = getattr(fused_rnn, name)(input_size, hidden, num_layers=layers, bidirectional=True, **kwargs)
+    return module.to(device, dtype)
+
+
+def _run(module: nn.RNNBase, x: torch.Tensor, lengths: list[int] | None) -> list[torch.Tensor]:
+    """Outputs and gradients of the input and every parameter, for fixed output gradients."""
+    x = x.detach().clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths else x
+    out, hidden = module(inp)
+    outs = [out.data if isinstance(out, PackedSequence) else out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+    g = torch.Generator(device=x.device).manual_seed(1)
+    seeds = [torch.randn(o.shape, generator=g, device=x.device, dtype=o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, [x, *module.parameters()], seeds)
+    return [o.detach() for o in outs] + list(grads)
+
+
+def _assert_bitwise_equal(first: list[torch.Tensor], second: list[torch.Tensor]) -> None:
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert torch.equal(a, b), f"tensor {i} differs between runs: max |diff| {(a - b).abs().max().item():.3e}"
+
+
+PATHS = [(name, kwargs, "sequence") for name, kwargs in LAYERS] + [("LSTM", dict(proj_size=3), "stepwise")]
+
+
+@pytest.mark.parametrize("name,kwargs,path", PATHS, ids=[f"{n}-{p}" for n, _, p in PATHS])
+def test_layers_are_deterministic(name: str, kwargs: dict, path: str, device: str):
+    """Two bidirectional runs over two batch tiles (B = 17 > 16 rows) with unsorted lengths."""
+    module = _layer(name, 4, 5, 1, device, torch.float32, **kwargs)
+    x = torch.randn(3, 17, 4, device=device)
+    lengths = [3, 1, 2] * 5 + [3, 2]
+    with fused_rnn.force_path(path), fused_path_only() as launches:
+        first = _run(module, x, lengths)
+        second = _run(module, x, lengths)
+    assert launches.total > 0
+    _assert_bitwise_equal(first, second)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cells_are_deterministic(kind: str, device: str):
+    torch.manual_seed(0)
+    cell = getattr(fused_rnn, kind)(4, 5).to(device)
+    x = torch.randn(9, 4, device=device)
+
+    def run() -> list[torch.Tensor]:
+        xi = x.clone().requires_grad_()
+        out = cell(xi)
+        outs = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(outs, [xi, *cell.parameters()], [torch.ones_like(o) for o in outs])
+        return [o.detach() for o in outs] + list(grads)
+
+    with fused_path_only() as launches:
+        first, second = run(), run()
+    assert launches.total > 0
+    _assert_bitwise_equal(first, second)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm GPU: many programs running at once")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,kwargs", LAYERS, ids=[n for n, _ in LAYERS])
+def test_layers_are_deterministic_on_gpu(name: str, kwargs: dict, dtype: torch.dtype):
+    """Two bidirectional layers, T = 50, B = 256 (16 programs), hidden 256 (4 column blocks): five runs,
+    all bitwise equal."""
+    module = _layer(name, 128, 256, 2, "cuda", dtype, **kwargs)
+    x = torch.randn(50, 256, 128, device="cuda").to(dtype)
+    lengths = torch.randint(1, 51, (256,)).tolist()
+    with fused_path_only() as launches:
+        runs = [_run(module, x, lengths) for _ in range(5)]
+    assert launches.total > 0
+    for other in runs[1:]:
+        _assert_bitwise_equal(runs[0], other)
