@@ -9,12 +9,12 @@ Another device is the meta device on a CPU-only machine, the CPU on a GPU.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import assert_rejected_like_torch, raised, snapshot
 from torch import nn
 
 import fused_rnn
@@ -97,16 +97,6 @@ def _pair(kind: str, device: str) -> tuple[nn.RNNCellBase, nn.RNNCellBase]:
     return fused, ref
 
 
-def _raised(fn: Callable[[], object]) -> BaseException:
-    with pytest.raises(Exception) as info:
-        fn()
-    return info.value
-
-
-def _snapshot(m: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in m.state_dict().items() if v.device.type != "meta"}
-
-
 @pytest.mark.parametrize("case,kind", [pytest.param(c, k, id=f"{c.name}-{k}") for c in CASES for k in c.kinds])
 def test_bad_input_raises_like_torch(case: Case, kind: str, device: str):
     other = "cpu" if device == "cuda" else "meta"
@@ -114,16 +104,9 @@ def test_bad_input_raises_like_torch(case: Case, kind: str, device: str):
     if case.setup is not None:
         case.setup(fused, Env(fused, device, other))
         case.setup(ref, Env(ref, device, other))
-    before = _snapshot(fused)
-    expected = _raised(lambda: case.call(Env(ref, device, other)))
-    got = _raised(lambda: case.call(Env(fused, device, other)))
-    assert type(got) is type(expected), f"{type(got).__name__}: {got} (torch: {type(expected).__name__}: {expected})"
-    if case.match is None:
-        assert str(got) == str(expected)
-    else:
-        assert re.search(case.match, str(got)), str(got)
-    after = _snapshot(fused)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_rejected_like_torch(
+        fused, lambda: case.call(Env(ref, device, other)), lambda: case.call(Env(fused, device, other)), case.match
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,10 +115,10 @@ def test_unbatched_input_with_a_2d_state_of_matching_sizes(kind: str, device: st
     process, so torch cannot run beside it; the fused cell raises a RuntimeError naming the problem."""
     fused, _ = _pair(kind, device)
     env = Env(fused, device, "meta")
-    before = _snapshot(fused)
+    before = snapshot(fused)
     with pytest.raises(RuntimeError, match=r"hidden0 is 2-D but the input is unbatched"):
         fused(env.x(I), env.hx(H, H))
-    assert all(torch.equal(before[k], v) for k, v in _snapshot(fused).items())
+    assert all(torch.equal(before[k], v) for k, v in snapshot(fused).items())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -162,6 +145,6 @@ CONSTRUCTOR_CASES = [
 def test_bad_constructor_arguments_raise_like_torch(case, kind: str):
     """The fused cells inherit torch.nn's constructors: the same errors."""
     args = dict(input_size=I, hidden_size=H) | case[1]
-    expected = _raised(lambda: getattr(nn, kind)(**args))
-    got = _raised(lambda: getattr(fused_rnn, kind)(**args))
+    expected = raised(lambda: getattr(nn, kind)(**args))
+    got = raised(lambda: getattr(fused_rnn, kind)(**args))
     assert type(got) is type(expected) and str(got) == str(expected)

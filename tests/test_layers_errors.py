@@ -13,12 +13,12 @@ the kernels run on a GPU.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 import torch
+from helpers import assert_rejected_like_torch, raised, snapshot
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
@@ -122,16 +122,6 @@ def _pair(mode: str, device: str, **kwargs) -> tuple[nn.RNNBase, nn.RNNBase]:
     return fused, ref
 
 
-def _raised(fn: Callable[[], object]) -> BaseException:
-    with pytest.raises(Exception) as info:
-        fn()
-    return info.value
-
-
-def _snapshot(m: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in m.state_dict().items() if v.device.type != "meta"}
-
-
 @pytest.mark.parametrize("case,mode", [pytest.param(c, m, id=f"{c.name}-{m}") for c in CASES for m in c.modes])
 def test_bad_input_raises_like_torch(case: Case, mode: str, device: str):
     other = "cpu" if device == "cuda" else "meta"
@@ -139,16 +129,9 @@ def test_bad_input_raises_like_torch(case: Case, mode: str, device: str):
     if case.setup is not None:
         case.setup(fused, Env(fused, device, other))
         case.setup(ref, Env(ref, device, other))
-    before = _snapshot(fused)
-    expected = _raised(lambda: case.call(Env(ref, device, other)))
-    got = _raised(lambda: case.call(Env(fused, device, other)))
-    assert type(got) is type(expected), f"{type(got).__name__}: {got} (torch: {type(expected).__name__}: {expected})"
-    if case.match is None:
-        assert str(got) == str(expected)
-    else:
-        assert re.search(case.match, str(got)), str(got)
-    after = _snapshot(fused)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_rejected_like_torch(
+        fused, lambda: case.call(Env(ref, device, other)), lambda: case.call(Env(fused, device, other)), case.match
+    )
 
 
 def test_bad_input_leaves_the_given_tensors_unchanged(device: str):
@@ -187,8 +170,8 @@ def test_bad_constructor_arguments_raise_like_torch(case):
     _, modes, kwargs = case
     for mode in modes:
         args = dict(input_size=I, hidden_size=H) | kwargs
-        expected = _raised(lambda: TORCH[mode](**args))
-        got = _raised(lambda: FUSED[mode](**args))
+        expected = raised(lambda: TORCH[mode](**args))
+        got = raised(lambda: FUSED[mode](**args))
         assert type(got) is type(expected) and str(got) == str(expected), (mode, got, expected)
 
 
