@@ -235,31 +235,30 @@ def _forward(module: nn.RNNBase, input, hx):
     return output, module.permute_hidden(hidden, unsorted_indices)
 
 
+def _forward_or_fallback(module: nn.RNNBase, torch_forward, input, hx):
+    """The fused forward where the Triton kernels run on the input's device, else torch.nn's own."""
+    log_call(module, input)
+    if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
+        return torch_forward(input, hx)
+    return fused_forward(module, input, hx)
+
+
 class LSTM(nn.LSTM):
     """torch.nn.LSTM on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
-        log_call(self, input)
-        if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
-            return super().forward(input, hx)
-        return fused_forward(self, input, hx)
+        return _forward_or_fallback(self, super().forward, input, hx)
 
 
 class GRU(nn.GRU):
     """torch.nn.GRU on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
-        log_call(self, input)
-        if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
-            return super().forward(input, hx)
-        return fused_forward(self, input, hx)
+        return _forward_or_fallback(self, super().forward, input, hx)
 
 
 class RNN(nn.RNN):
     """torch.nn.RNN (tanh or relu) on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
-        log_call(self, input)
-        if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
-            return super().forward(input, hx)
-        return fused_forward(self, input, hx)
+        return _forward_or_fallback(self, super().forward, input, hx)

@@ -33,6 +33,15 @@ SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 0, RNN_RELU: 0}
 
 
 @triton.jit
+def _program_rows(lengths, B, BLOCK_B: tl.constexpr):
+    """This program's batch rows (int64), their mask, their lengths and a zero per row (a time index of 0)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    return rows, rmask, lens, tl.zeros_like(lens)
+
+
+@triton.jit
 def _step_rows(s, lengths, REVERSE: tl.constexpr):
     """Time index of each row at step s and whether the row is active (s < its length).
 
@@ -113,10 +122,7 @@ def sequence_fwd_kernel(
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    lens = tl.load(lengths + rows, mask=rmask, other=0)
-    zero_b = tl.zeros_like(lens)
+    rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
     _copy_rows(h0, s_h0b, s_h0h, hbuf, s_hbb, s_hbh, rows, rmask, R, BLOCK_H)
     if CELL == 0:
         _copy_rows(c0, s_c0b, s_c0h, cbuf, s_cbb, s_cbh, rows, rmask, H, BLOCK_H)
@@ -214,10 +220,7 @@ def sequence_bwd_kernel(
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    lens = tl.load(lengths + rows, mask=rmask, other=0)
-    zero_b = tl.zeros_like(lens)
+    rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
     _copy_rows(dhn, s_dhnb, s_dhnh, dhbuf, s_dhb, s_dhh, rows, rmask, R, BLOCK_H)
     if CELL == 0:
         _copy_rows(dcn, s_dcnb, s_dcnh, dcbuf, s_dcb, s_dch, rows, rmask, H, BLOCK_H)

@@ -58,17 +58,22 @@ def strided(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
+def _prepare_weights(modules: tuple[nn.Module, ...], case: Case) -> None:
+    """Non-contiguous weights when the case asks for them, and requires_grad as the case sets it."""
+    for m in modules:
+        if case.strided:
+            for pname, p in list(m.named_parameters()):
+                setattr(m, pname, nn.Parameter(strided(p.detach())))
+        m.requires_grad_(case.weights_grad)
+
+
 def _layers(name: str, kwargs: dict, case: Case, device: str) -> tuple[nn.RNNBase, nn.RNNBase]:
     kwargs = dict(kwargs, bidirectional=True, batch_first=case.strided or case.packed)
     torch.manual_seed(0)
     fused = getattr(fused_rnn, name)(I, H, **kwargs).to(device, DT)
     ref = getattr(nn, name)(I, H, **kwargs).to(device, DT)
     ref.load_state_dict(fused.state_dict())
-    for m in (fused, ref):
-        if case.strided:
-            for pname, p in list(m.named_parameters()):
-                setattr(m, pname, nn.Parameter(strided(p.detach())))
-        m.requires_grad_(case.weights_grad)
+    _prepare_weights((fused, ref), case)
     return fused, ref
 
 
@@ -136,11 +141,7 @@ def test_cells_match_torch(kind: str, case: Case, device: str):
     fused = getattr(fused_rnn, kind)(I, H).to(device, DT)
     ref = getattr(nn, kind)(I, H).to(device, DT)
     ref.load_state_dict(fused.state_dict())
-    for m in (fused, ref):
-        if case.strided:
-            for pname, p in list(m.named_parameters()):
-                setattr(m, pname, nn.Parameter(strided(p.detach())))
-        m.requires_grad_(case.weights_grad)
+    _prepare_weights((fused, ref), case)
     torch.manual_seed(1)
     x = torch.randn(B, I, dtype=DT, device=device)
     x = (strided(x) if case.strided else x).requires_grad_(case.x_grad)
