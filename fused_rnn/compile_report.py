@@ -288,7 +288,7 @@ def _show(value: object) -> str:
 
 def _sequence_path_on(case: Case, target: str) -> bool:
     """Whether the dispatcher can send ``case`` to the sequence kernels on ``target`` (it never does for
-    LSTM and GRU on AMD GPUs); elsewhere every case is compiled, whatever the cost model picks, since
+    LSTM on AMD GPUs); elsewhere every case is compiled, whatever the cost model picks, since
     ``fused_rnn.force_path("sequence")`` can launch it."""
     mode = "LSTM" if case.cell == "LSTM_PROJ" else case.cell
     rocm = TARGETS[target].backend == "hip"
@@ -297,14 +297,24 @@ def _sequence_path_on(case: Case, target: str) -> bool:
 
 
 def capture(case: Case, targets: Sequence[str]) -> list[Config]:
-    """Every kernel configuration the launchers pick for ``case``, specialised for each target."""
-    with _recorded_launches() as cell_launches, _cudnn_tf32(case.tf32):
-        _call_cell_launchers(case)
-    with _recorded_launches() as sequence_launches, _cudnn_tf32(case.tf32):
-        _call_sequence_launchers(case)
-    configs = [_specialise(kernel, args, kwargs, t) for kernel, args, kwargs in cell_launches for t in targets]
-    sequence_targets = [t for t in targets if _sequence_path_on(case, t)]
-    return configs + [_specialise(k, args, kwargs, t) for k, args, kwargs in sequence_launches for t in sequence_targets]
+    """Every kernel configuration the launchers pick for ``case``, specialised for each target.
+
+    The launchers run once per backend, with ``torch.version.hip`` set as on a
+    ROCm build for the AMD targets, since some launch options are NVIDIA-only.
+    """
+    configs = []
+    for backend in sorted({TARGETS[t].backend for t in targets}):
+        on_backend = [t for t in targets if TARGETS[t].backend == backend]
+        hip = "rocm" if backend == "hip" else None
+        with mock.patch.object(torch.version, "hip", hip), _cudnn_tf32(case.tf32):
+            with _recorded_launches() as cell_launches:
+                _call_cell_launchers(case)
+            with _recorded_launches() as sequence_launches:
+                _call_sequence_launchers(case)
+        configs += [_specialise(kernel, args, kwargs, t) for kernel, args, kwargs in cell_launches for t in on_backend]
+        sequence_targets = [t for t in on_backend if _sequence_path_on(case, t)]
+        configs += [_specialise(k, args, kwargs, t) for k, args, kwargs in sequence_launches for t in sequence_targets]
+    return configs
 
 
 # ----------------------------------------------------------------------------

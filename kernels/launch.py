@@ -108,12 +108,14 @@ def new_output(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 @dataclass(frozen=True)
 class SequenceBlocks:
     """Tile of a sequence kernel: BLOCK_B batch rows per program, BLOCK_H output units and
-    BLOCK_K reduction units per recurrent-product block, and warps."""
+    BLOCK_K reduction units per recurrent-product block, warps, and the register limit per
+    thread (NVIDIA's ``maxnreg``)."""
 
     block_b: int
     block_h: int
     block_k: int
     num_warps: int
+    max_registers: int
 
 
 def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBlocks:
@@ -125,10 +127,16 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBloc
     hence the most SMs working in parallel. W_hh is streamed by
     (BLOCK_K x BLOCK_H) blocks, BLOCK_H = BLOCK_K = clamp(next_pow2(H), 16, 32)
     (16 for fp64, whose values take two registers), 8 warps: 64-wide blocks,
-    or 4 warps, spill registers with the LSTM's four gate accumulators and
-    64-bit addresses. ``fused_rnn.compile_report`` checks the configurations
-    for spills; some remain at odd hidden sizes (docs/compile-report.md).
+    or 4 warps, need more registers than a thread can have.
+
+    Registers: for 256 threads ptxas caps a kernel at 128 registers per thread
+    (two programs per SM) unless told otherwise, and the per-step addresses of
+    the GRU and LSTM kernels need up to about 190 at hidden sizes that are not
+    multiples of 16, so they spilled. A sequence program is long-lived and
+    bound by its reads of W_hh, not by occupancy, so the kernels may use up to
+    255 registers (one 256-thread program per SM when they need more than
+    128). ``fused_rnn.compile_report`` checks every configuration for spills.
     """
     widest = 16 if dtype == torch.float64 else 32
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)
-    return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8)
+    return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8, max_registers=255)

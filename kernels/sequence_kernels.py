@@ -330,6 +330,10 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int)
         DOT_PREC="tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee",
         BLOCK_B=blocks.block_b, BLOCK_H=blocks.block_h, BLOCK_K=blocks.block_k, num_warps=blocks.num_warps,
     )
+    if torch.version.hip is None:  # an option of Triton's NVIDIA backend only (the AMD one rejects it)
+        meta["maxnreg"] = blocks.max_registers
+    else:  # AMD: software-pipelining the K loop costs scalar registers (SGPRs) that the fp64 kernels lack
+        meta["num_stages"] = 1
     return (triton.cdiv(batch, blocks.block_b),), meta
 
 
