@@ -118,16 +118,19 @@ class SequenceBlocks:
     max_registers: int
 
 
-def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBlocks:
-    """Tile for the sequence kernels, a pure function of batch, hidden size and dtype.
+def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> SequenceBlocks:
+    """Tile for the sequence kernels, a pure function of batch, hidden size, dtype and whether fp32
+    products use TF32.
 
     Each program re-reads all of W_hh every step through its SM's share of L2
     bandwidth, so a step takes about the same time whatever the tile's rows:
     the smallest tile that tensor cores take (16 rows) gives the most programs,
     hence the most SMs working in parallel. W_hh is streamed by
-    (BLOCK_K x BLOCK_H) blocks, BLOCK_H = BLOCK_K = clamp(next_pow2(H), 16, 32)
-    (16 for fp64, whose values take two registers), 8 warps: 64-wide blocks,
-    or 4 warps, need more registers than a thread can have.
+    (BLOCK_K x BLOCK_H) blocks, BLOCK_H = BLOCK_K = clamp(next_pow2(H), 16, 32),
+    8 warps: 64-wide blocks, or 4 warps, need more registers than a thread can
+    have. Products that do not run on tensor cores (fp64, and fp32 without
+    TF32) are computed with FMAs from operands held in registers: they take
+    16-wide blocks (32-wide ones need 250 registers for the LSTM, and spill).
 
     Registers: for 256 threads ptxas caps a kernel at 128 registers per thread
     (two programs per SM) unless told otherwise, and the per-step addresses of
@@ -137,6 +140,7 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBloc
     255 registers (one 256-thread program per SM when they need more than
     128). ``fused_rnn.compile_report`` checks every configuration for spills.
     """
-    widest = 16 if dtype == torch.float64 else 32
+    on_fma_units = dtype == torch.float64 or (dtype == torch.float32 and not tf32)
+    widest = 16 if on_fma_units else 32
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)
     return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8, max_registers=255)

@@ -322,12 +322,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int) -> tuple[tuple[int], dict]:
-    blocks = sequence_blocks(batch, hidden, dtype)
+    # fp32 products follow cuDNN's RNN switch, as torch.nn.LSTM does on a GPU.
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    blocks = sequence_blocks(batch, hidden, dtype, tf32)
     meta = dict(
         CELL=cell, REVERSE=reverse, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
-        DOT_FP32=interpreting() and dtype == torch.bfloat16,
-        # fp32 products follow cuDNN's RNN switch, as torch.nn.LSTM does on a GPU.
-        DOT_PREC="tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee",
+        DOT_FP32=interpreting() and dtype == torch.bfloat16, DOT_PREC="tf32" if tf32 else "ieee",
         BLOCK_B=blocks.block_b, BLOCK_H=blocks.block_h, BLOCK_K=blocks.block_k, num_warps=blocks.num_warps,
     )
     if torch.version.hip is None:  # an option of Triton's NVIDIA backend only (the AMD one rejects it)
