@@ -9,7 +9,7 @@ Per layer and direction: one GEMM for the input projection of the whole
 sequence (biases folded in, except GRU's b_hn), then one launch of
 ``fused_rnn::sequence`` (or the stepwise path, see ``dispatch``). A
 PackedSequence is scattered once into a padded (T, B) layout with a lengths
-vector; the kernels handle the lengths.
+vector (``packing``); the kernels handle the lengths.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import autocast, cell_ops, sequence_ops
+from . import autocast, cell_ops, packing, sequence_ops
 from .backend import triton_runs_on
 from .dispatch import choose_path, on_rocm
 from .path_report import log_call
@@ -83,17 +83,6 @@ def _stepwise(cell: int, xp, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: bool):
     return y, h, c
 
 
-def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, Tensor]:
-    """Packed data (N, I) -> padded (T, B, I), lengths (B,) and the flat positions of the packed rows."""
-    batch_sizes = packed.batch_sizes
-    T, B = batch_sizes.numel(), int(batch_sizes[0])
-    valid = torch.arange(B)[None, :] < batch_sizes[:, None]
-    positions = valid.flatten().nonzero().squeeze(1).to(packed.data.device)
-    lengths = valid.sum(0).to(packed.data.device)
-    padded = packed.data.new_zeros(T * B, packed.data.shape[-1]).index_copy(0, positions, packed.data)
-    return padded.view(T, B, -1), lengths, positions
-
-
 def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor):
     """All layers and directions over padded time-major x (T, B, I).
 
@@ -148,15 +137,6 @@ def _check_attributes(x: Tensor, states: tuple[Tensor, ...], params: list[Tensor
                 )
 
 
-def _check_batch_sizes(batch_sizes: Tensor) -> None:
-    """A PackedSequence's batch sizes must not increase (torch fails on them with an unrelated message)."""
-    if batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
-        raise RuntimeError(
-            f"PackedSequence batch_sizes must be non-increasing (sequences sorted by decreasing length), "
-            f"got {batch_sizes.tolist()}"
-        )
-
-
 def fused_forward(module: nn.RNNBase, input, hx):
     """torch.nn.RNNBase.forward's contract on the fused kernels, autocast included."""
     output, hidden = _forward(module, input, hx)
@@ -175,16 +155,56 @@ def fused_forward(module: nn.RNNBase, input, hx):
     return output, hidden
 
 
+def _state_sizes(module: nn.RNNBase, batch: int) -> list[tuple[int, int, int]]:
+    """The state sizes torch.nn expects: hidden (L*D, batch, H_out), then for LSTM the cell state (L*D, batch, H)."""
+    rows = module.num_layers * (2 if module.bidirectional else 1)
+    h_out = module.proj_size if module.proj_size > 0 else module.hidden_size
+    sizes = [(rows, batch, h_out)]
+    return sizes + [(rows, batch, module.hidden_size)] if module.mode == "LSTM" else sizes
+
+
+def _zero_states(module: nn.RNNBase, batch: int, x: Tensor):
+    """Zero initial states in hx's structure (a pair for LSTM), of x's dtype and device."""
+    zeros = tuple(torch.zeros(size, dtype=x.dtype, device=x.device) for size in _state_sizes(module, batch))
+    return zeros if module.mode == "LSTM" else zeros[0]
+
+
+def _packed_batch(module: nn.RNNBase, input: PackedSequence, hx) -> int:
+    """The batch size of packed input, batch_sizes[0].
+
+    Under torch.compile, where it is data, it is the batch size the states will have when known (sorted_indices'
+    length, else hx's; ``packing.unpack`` checks it against batch_sizes[0] when the graph runs), else an unbacked
+    SymInt.
+    """
+    if not torch.compiler.is_compiling():
+        return int(input.batch_sizes[0])
+    if input.sorted_indices is not None:
+        return input.sorted_indices.shape[0]
+    state = hx[0] if hx is not None and module.mode == "LSTM" else hx
+    if state is not None and state.dim() == 3:
+        return state.shape[1]
+    return packing.packed_batch(input.batch_sizes, torch.empty(0))
+
+
+def _check_forward_args(module: nn.RNNBase, x: Tensor, hx, batch_sizes: Tensor | None, batch: int) -> None:
+    """torch's check_forward_args. It reads packed input's batch size as ``int(batch_sizes[0])``, data under
+    torch.compile: there the states are checked against ``batch`` (``_packed_batch``'s) instead."""
+    if batch_sizes is None or not torch.compiler.is_compiling():
+        module.check_forward_args(x, hx, batch_sizes)
+        return
+    module.check_input(x, batch_sizes)
+    for state, size in zip(hx if module.mode == "LSTM" else (hx,), _state_sizes(module, batch)):
+        module.check_hidden_size(state, size)
+
+
 def _forward(module: nn.RNNBase, input, hx):
     """torch.nn.RNNBase.forward's contract on the fused kernels."""
     module._update_flat_weights()
     is_lstm = module.mode == "LSTM"
-    dirs = 2 if module.bidirectional else 1
-    h_out = module.proj_size if module.proj_size > 0 else module.hidden_size
     packed = isinstance(input, PackedSequence)
     if packed:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        batch, is_batched = int(batch_sizes[0]), True
+        batch, is_batched = _packed_batch(module, input, hx), True
         x = data
     else:
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -194,9 +214,7 @@ def _forward(module: nn.RNNBase, input, hx):
         x = input if is_batched else input.unsqueeze(0 if module.batch_first else 1)
         batch = x.size(0) if module.batch_first else x.size(1)
     if hx is None:
-        zeros = torch.zeros(module.num_layers * dirs, batch, h_out, dtype=x.dtype, device=x.device)
-        c_zeros = torch.zeros(module.num_layers * dirs, batch, module.hidden_size, dtype=x.dtype, device=x.device)
-        hx = (zeros, c_zeros) if is_lstm else zeros
+        hx = _zero_states(module, batch, x)
     elif not packed:
         states = hx if is_lstm else (hx,)
         want = 3 if is_batched else 2
@@ -210,11 +228,10 @@ def _forward(module: nn.RNNBase, input, hx):
             hx = tuple(s.unsqueeze(1) for s in hx) if is_lstm else hx.unsqueeze(1)
     if packed or hx is not None:
         hx = module.permute_hidden(hx, sorted_indices)
-    module.check_forward_args(x, hx, batch_sizes)
+    _check_forward_args(module, x, hx, batch_sizes, batch)
     _check_attributes(x, hx if is_lstm else (hx,), module._flat_weights)
     if packed:
-        _check_batch_sizes(batch_sizes)
-        padded, lengths, positions = _unpack(input)
+        padded, lengths, positions = packing.unpack(x, batch_sizes, batch)
     else:
         padded = x.transpose(0, 1) if module.batch_first else x
         if padded.shape[0] == 0:
@@ -223,8 +240,7 @@ def _forward(module: nn.RNNBase, input, hx):
     h0, c0 = hx if is_lstm else (hx, None)
     y, h_n, c_n = run_layers(module, padded, h0, c0, lengths)
     if packed:
-        data = y.reshape(-1, y.shape[-1]).index_select(0, positions)
-        output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+        output = PackedSequence(packing.pack(y, positions), batch_sizes, sorted_indices, unsorted_indices)
     else:
         output = y.transpose(0, 1) if module.batch_first else y
         if not is_batched:

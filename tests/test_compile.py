@@ -2,15 +2,20 @@
 
 Dynamo refuses every torch.nn.RNN/LSTM/GRU subclass before looking at its
 forward unless ``torch._dynamo.config.allow_rnn`` is set; the fused layers'
-forward traces fully once it is (docs/user-guide.md).
+forward traces fully once it is (docs/user-guide.md). PackedSequence input
+too: its batch size, data, is taken from sorted_indices or the given state,
+else is an unbacked SymInt (fused_rnn/packing.py), so new batch sizes and
+lengths do not recompile.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import fused_path_only
 from helpers import TOL, rel_err
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
 
@@ -58,6 +63,59 @@ def test_whole_model_compiles_without_graph_break_and_without_recompiling(device
             assert launches.total > 0
             for a, b in zip(got, expected):
                 assert rel_err(a, b) <= TOL[torch.float32], f"T={T} B={B}: {rel_err(a, b):.2e}"
+            frames.append(counter.frame_count)
+    assert frames[0] == frames[1] == frames[2], f"new batch sizes and lengths must not recompile: {frames}"
+    assert sum(len(g.graph.nodes) > 2 for g in counter.graphs) == 1, "the whole model is one graph"
+
+
+class PackedModel(torch.nn.Module):
+    """Fused layers chained on packed input: a 2-layer bidirectional LSTM, a GRU from a given state, an RNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = fused_rnn.LSTM(4, 5, num_layers=2, bidirectional=True)
+        self.gru = fused_rnn.GRU(10, 3)
+        self.rnn = fused_rnn.RNN(3, 4, nonlinearity="relu")
+
+    def forward(self, x: PackedSequence, h0: torch.Tensor) -> list[torch.Tensor]:
+        y, (h, c) = self.lstm(x)
+        z, hg = self.gru(y, h0)
+        r, hr = self.rnn(z)
+        return [r.data, hr, h, c, hg]
+
+
+def packed_outputs_and_grads(model, x: PackedSequence, h0: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs, then the gradients of the packed data, of h0 and of every parameter."""
+    data, h0 = x.data.detach().requires_grad_(), h0.detach().requires_grad_()
+    outs = model(x._replace(data=data), h0)
+    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+    return outs + list(torch.autograd.grad(loss, [data, h0, *model.parameters()]))
+
+
+# (T, lengths): new batch sizes, lengths and total lengths. The first call's sizes are all distinct and above 1
+# (Dynamo specializes sizes 0 and 1, and shares one symbol between input sizes of equal value).
+PACKED_CALLS = [(5, [5, 2]), (7, [3, 7, 6, 1, 7, 2]), (4, [2, 4, 3])]
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+def test_packed_model_compiles_without_graph_break_and_without_recompiling(enforce_sorted: bool, device):
+    torch.manual_seed(0)
+    model = PackedModel().to(device)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
+    frames = []
+    with torch._dynamo.config.patch(allow_rnn=True):
+        for T, lengths in PACKED_CALLS:
+            lengths = sorted(lengths, reverse=True) if enforce_sorted else lengths
+            padded = torch.randn(T, len(lengths), 4, device=device)
+            x = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+            h0 = torch.randn(1, len(lengths), 3, device=device)
+            expected = packed_outputs_and_grads(model, x, h0)
+            with fused_path_only() as launches:
+                got = packed_outputs_and_grads(compiled, x, h0)
+            assert launches.total > 0
+            for a, b in zip(got, expected):
+                assert rel_err(a, b) <= TOL[torch.float32], f"lengths={lengths}: {rel_err(a, b):.2e}"
             frames.append(counter.frame_count)
     assert frames[0] == frames[1] == frames[2], f"new batch sizes and lengths must not recompile: {frames}"
     assert sum(len(g.graph.nodes) > 2 for g in counter.graphs) == 1, "the whole model is one graph"
