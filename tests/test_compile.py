@@ -41,31 +41,40 @@ class Model(torch.nn.Module):
         return [r, hr, h, c, hg, cc, self.rnn_cell(g)]
 
 
+def weighted_sum(outs: list[torch.Tensor]) -> torch.Tensor:
+    """A loss that weighs every output element differently."""
+    return sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+
+
 def outputs_and_grads(model, x):
     x = x.detach().requires_grad_()
     outs = model(x)
-    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
-    return outs + list(torch.autograd.grad(loss, [x, *model.parameters()]))
+    return outs + list(torch.autograd.grad(weighted_sum(outs), [x, *model.parameters()]))
 
 
-def test_whole_model_compiles_without_graph_break_and_without_recompiling(device):
-    torch.manual_seed(0)
-    model = Model().to(device)
+def assert_compiles_once_and_matches_eager(model, run, calls) -> None:
+    """``run(model, *args)`` of the compiled model equals eager's for every (label, args) of ``calls``, on the
+    fused path, as one graph compiled once (fullgraph, dynamic) although the sizes change between calls."""
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
     frames = []
     with torch._dynamo.config.patch(allow_rnn=True):
-        for T, B in [(5, 3), (7, 2), (4, 5)]:
-            x = torch.randn(T, B, 4, device=device)
-            expected = outputs_and_grads(model, x)
+        for label, args in calls:
+            expected = run(model, *args)
             with fused_path_only() as launches:
-                got = outputs_and_grads(compiled, x)
+                got = run(compiled, *args)
             assert launches.total > 0
             for a, b in zip(got, expected):
-                assert rel_err(a, b) <= TOL[torch.float32], f"T={T} B={B}: {rel_err(a, b):.2e}"
+                assert rel_err(a, b) <= TOL[torch.float32], f"{label}: {rel_err(a, b):.2e}"
             frames.append(counter.frame_count)
     assert frames[0] == frames[1] == frames[2], f"new batch sizes and lengths must not recompile: {frames}"
     assert sum(len(g.graph.nodes) > 2 for g in counter.graphs) == 1, "the whole model is one graph"
+
+
+def test_whole_model_compiles_without_graph_break_and_without_recompiling(device):
+    torch.manual_seed(0)
+    calls = [(f"T={T} B={B}", (torch.randn(T, B, 4, device=device),)) for T, B in [(5, 3), (7, 2), (4, 5)]]
+    assert_compiles_once_and_matches_eager(Model().to(device), outputs_and_grads, calls)
 
 
 class PackedModel(torch.nn.Module):
@@ -88,8 +97,7 @@ def packed_outputs_and_grads(model, x: PackedSequence, h0: torch.Tensor) -> list
     """The outputs, then the gradients of the packed data, of h0 and of every parameter."""
     data, h0 = x.data.detach().requires_grad_(), h0.detach().requires_grad_()
     outs = model(x._replace(data=data), h0)
-    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
-    return outs + list(torch.autograd.grad(loss, [data, h0, *model.parameters()]))
+    return outs + list(torch.autograd.grad(weighted_sum(outs), [data, h0, *model.parameters()]))
 
 
 # (T, lengths): new batch sizes, lengths and total lengths. The first call's sizes are all distinct and above 1
@@ -100,22 +108,10 @@ PACKED_CALLS = [(5, [5, 2]), (7, [3, 7, 6, 1, 7, 2]), (4, [2, 4, 3])]
 @pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
 def test_packed_model_compiles_without_graph_break_and_without_recompiling(enforce_sorted: bool, device):
     torch.manual_seed(0)
-    model = PackedModel().to(device)
-    counter = CompileCounterWithBackend("inductor")
-    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
-    frames = []
-    with torch._dynamo.config.patch(allow_rnn=True):
-        for T, lengths in PACKED_CALLS:
-            lengths = sorted(lengths, reverse=True) if enforce_sorted else lengths
-            padded = torch.randn(T, len(lengths), 4, device=device)
-            x = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=enforce_sorted)
-            h0 = torch.randn(1, len(lengths), 3, device=device)
-            expected = packed_outputs_and_grads(model, x, h0)
-            with fused_path_only() as launches:
-                got = packed_outputs_and_grads(compiled, x, h0)
-            assert launches.total > 0
-            for a, b in zip(got, expected):
-                assert rel_err(a, b) <= TOL[torch.float32], f"lengths={lengths}: {rel_err(a, b):.2e}"
-            frames.append(counter.frame_count)
-    assert frames[0] == frames[1] == frames[2], f"new batch sizes and lengths must not recompile: {frames}"
-    assert sum(len(g.graph.nodes) > 2 for g in counter.graphs) == 1, "the whole model is one graph"
+    calls = []
+    for T, lengths in PACKED_CALLS:
+        lengths = sorted(lengths, reverse=True) if enforce_sorted else lengths
+        padded = torch.randn(T, len(lengths), 4, device=device)
+        x = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+        calls.append((f"lengths={lengths}", (x, torch.randn(1, len(lengths), 3, device=device))))
+    assert_compiles_once_and_matches_eager(PackedModel().to(device), packed_outputs_and_grads, calls)
