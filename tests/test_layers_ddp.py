@@ -61,6 +61,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
             train(torch.nn.parallel.DistributedDataParallel(net), slice(rank * half, (rank + 1) * half))
         if launches.total == 0:
             raise AssertionError("the fused kernels did not run")
+        dist.barrier()  # no rank tears the group down while the other may still be in a collective with it
         if rank == 0:
             torch.save(net.state_dict(), out_file)
     finally:

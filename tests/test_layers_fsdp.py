@@ -36,6 +36,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         if launches.total == 0:
             raise AssertionError("the fused kernels did not run")
         full = {name: p.full_tensor() for name, p in net.state_dict().items()}  # a collective: every rank gathers
+        dist.barrier()  # no rank tears the group down while the other may still be in a collective with it
         if rank == 0:
             torch.save(full, out_file)
     finally:
