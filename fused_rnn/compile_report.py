@@ -292,9 +292,9 @@ def _show(value: object) -> str:
 
 
 def _sequence_path_on(case: Case, target: str) -> bool:
-    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target`` (it never does for
-    LSTM on AMD GPUs); elsewhere every case is compiled, whatever the cost model picks, since
-    ``fused_rnn.force_path("sequence")`` can launch it."""
+    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target``: never LSTM on AMD GPUs
+    (only an explicit ``fused_rnn.force_path("sequence")`` overrides that); everything else, whatever the cost
+    model picks, since ``force_path`` can launch it."""
     mode = "LSTM" if case.cell == "LSTM_PROJ" else case.cell
     rocm = TARGETS[target].backend == "hip"
     with force_path(None):

@@ -183,7 +183,7 @@ def _packed_batch(module: nn.RNNBase, input: PackedSequence, hx) -> int:
     state = hx[0] if hx is not None and module.mode == "LSTM" else hx
     if state is not None and state.dim() == 3:
         return state.shape[1]
-    return packing.packed_batch(input.batch_sizes, torch.empty(0))
+    return packing.packed_batch(input.batch_sizes, torch.empty(0))  # a fresh token per call: see packed_batch
 
 
 def _check_forward_args(module: nn.RNNBase, x: Tensor, hx, batch_sizes: Tensor | None, batch: int) -> None:
@@ -193,8 +193,12 @@ def _check_forward_args(module: nn.RNNBase, x: Tensor, hx, batch_sizes: Tensor |
         module.check_forward_args(x, hx, batch_sizes)
         return
     module.check_input(x, batch_sizes)
-    for state, size in zip(hx if module.mode == "LSTM" else (hx,), _state_sizes(module, batch)):
-        module.check_hidden_size(state, size)
+    if module.mode == "LSTM":  # torch.nn.LSTM's messages
+        messages = ("Expected hidden[0] size {}, got {}", "Expected hidden[1] size {}, got {}")
+        for state, size, message in zip(hx, _state_sizes(module, batch), messages):
+            module.check_hidden_size(state, size, message)
+    else:
+        module.check_hidden_size(hx, _state_sizes(module, batch)[0])
 
 
 def _forward(module: nn.RNNBase, input, hx):

@@ -19,9 +19,10 @@ from torch import Tensor
 def packed_batch(batch_sizes: Tensor, token: Tensor) -> int:
     """batch_sizes[0]: the batch size of a PackedSequence, batch_sizes (T,) int64 on the CPU.
 
-    ``token`` is unused: a fresh empty tensor per call, so that no two calls have equal arguments. AOTAutograd's
+    ``token`` is unused: a fresh ``torch.empty(0)`` per call, so that no two calls have equal arguments. AOTAutograd's
     CSE (torch 2.13 ``fx_graph_cse``) would otherwise merge two calls on one batch_sizes and leave the second
-    call's unbacked SymInt, still named by its users, without a definition (Inductor then fails on it).
+    call's unbacked SymInt, still named by its users, without a definition (Inductor then fails on it). It must
+    be ``torch.empty``: that CSE never merges ``aten.empty`` (it does merge ``zeros``).
     """
     return int(batch_sizes[0])
 

@@ -134,8 +134,8 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> 
 
     Registers: for 256 threads ptxas caps a kernel at 128 registers per thread
     (two programs per SM) unless told otherwise, and the per-step addresses of
-    the GRU and LSTM kernels need up to about 190 at hidden sizes that are not
-    multiples of 16, so they spilled. A sequence program is long-lived and
+    the GRU and LSTM kernels need up to about 225 (docs/compile-report.md),
+    so they spilled. A sequence program is long-lived and
     bound by its reads of W_hh, not by occupancy, so the kernels may use up to
     255 registers (one 256-thread program per SM when they need more than
     128). ``fused_rnn.compile_report`` checks every configuration for spills.

@@ -115,3 +115,13 @@ def test_packed_model_compiles_without_graph_break_and_without_recompiling(enfor
         x = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=enforce_sorted)
         calls.append((f"lengths={lengths}", (x, torch.randn(1, len(lengths), 3, device=device))))
     assert_compiles_once_and_matches_eager(PackedModel().to(device), packed_outputs_and_grads, calls)
+
+
+def test_compiled_packed_layer_rejects_a_state_of_another_batch_size(device):
+    """Under compile the state's batch size stands for the PackedSequence's; the graph checks them when it runs."""
+    gru = fused_rnn.GRU(4, 3).to(device)
+    x = pack_padded_sequence(torch.randn(5, 3, 4, device=device), torch.tensor([5, 4, 2]))
+    compiled = torch.compile(gru, fullgraph=True, dynamic=True)
+    message = r"Expected hidden batch size 3 \(the PackedSequence's\), got 4"
+    with torch._dynamo.config.patch(allow_rnn=True), pytest.raises(RuntimeError, match=message):
+        compiled(x, torch.randn(1, 4, 3, device=device))
