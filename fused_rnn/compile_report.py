@@ -246,7 +246,8 @@ SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
 
 
 def _call_sequence_launchers(case: Case) -> None:
-    """The sequence kernels' launchers, forward then backward on the forward's outputs, as the layers call them."""
+    """The sequence kernels' launchers as the layers call them: forward without saving (inference), forward
+    saving the gates, then backward on its outputs."""
     S, cell = sequence_kernels, _cell_id(case)
     T, B, H = SEQUENCE_STEPS, case.batch, case.hidden
     R = H // 2 if case.cell == "LSTM_PROJ" else H
@@ -260,7 +261,9 @@ def _call_sequence_launchers(case: Case) -> None:
     b_hn = meta(H) if cell == S.GRU and case.bias else None
     h0, c0 = meta(B, R), (meta(B, H) if cell == S.LSTM else None)
     lengths = meta(B, dtype=torch.int64)
-    y, h_n, c_n, ws, cs, _ = S.sequence_forward(meta(T, B, G), w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse)
+    xp = meta(T, B, G)
+    S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, save=False)  # inference
+    y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, save=True)
     dc_n = torch.empty_like(c_n) if cell == S.LSTM else None
     S.sequence_backward(
         torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, case.reverse
@@ -292,9 +295,9 @@ def _show(value: object) -> str:
 
 
 def _sequence_path_on(case: Case, target: str) -> bool:
-    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target``: never LSTM on AMD GPUs
-    (only an explicit ``fused_rnn.force_path("sequence")`` overrides that); everything else, whatever the cost
-    model picks, since ``force_path`` can launch it."""
+    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target``: never LSTM, or GRU in
+    fp64, on AMD GPUs (only an explicit ``fused_rnn.force_path("sequence")`` overrides that); everything else,
+    whatever the cost model picks, since ``force_path`` can launch it."""
     mode = "LSTM" if case.cell == "LSTM_PROJ" else case.cell
     rocm = TARGETS[target].backend == "hip"
     with force_path(None):

@@ -7,9 +7,10 @@
   cell kernel per step; the matmul reads W_hh with the whole GPU's bandwidth,
   but every step pays host dispatch.
 
-On AMD GPUs (ROCm) LSTM takes the stepwise path: its sequence kernels spill
-scalar registers on gfx942 in fp64 and with a projection
-(``fused_rnn.compile_report``), so they are not launched there.
+On AMD GPUs (ROCm) LSTM, and GRU in fp64, take the stepwise path: their
+sequence kernels spill scalar registers on gfx942 (LSTM in fp64 and with a
+projection, GRU's inference kernel in fp64; ``fused_rnn.compile_report``),
+so they are not launched there.
 
 The heuristic compares a cost model of one time step on each path and picks
 the cheaper one. Its constants are estimates from H100 specifications, not
@@ -28,8 +29,6 @@ from collections.abc import Iterator
 import torch
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-# Cells whose sequence kernels are never launched on AMD GPUs (they spill there; see the module docstring).
-ROCM_STEPWISE = ("LSTM",)
 # Estimates, not measurements: one program's (one SM's) L2 read bandwidth, the
 # host cost of one stepwise step (matmul + cell op + state update, dispatched
 # from Python), and the GPU's DRAM bandwidth.
@@ -53,6 +52,11 @@ def step_costs(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) 
     return w_bytes / L2_BYTES_PER_S_PER_PROGRAM, STEPWISE_HOST_S_PER_STEP + w_bytes / DRAM_BYTES_PER_S
 
 
+def _stepwise_on_rocm(mode: str, dtype: torch.dtype) -> bool:
+    """Whether the sequence kernels of ``mode`` in ``dtype`` spill on AMD GPUs, so never run there (docstring)."""
+    return mode == "LSTM" or (mode == "GRU" and dtype == torch.float64)
+
+
 def on_rocm(device: torch.device) -> bool:
     """True for a GPU device of a ROCm build of torch (an AMD GPU)."""
     return device.type == "cuda" and torch.version.hip is not None
@@ -62,7 +66,7 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
     """The path for one layer, "sequence" or "stepwise" (module docstring); ``rocm`` for an AMD GPU."""
     if _forced is not None:
         return _forced
-    if rocm and mode in ROCM_STEPWISE:
+    if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
     sequence_step, stepwise_step = step_costs(mode, hidden_size, proj_size, dtype)
     return "sequence" if sequence_step <= stepwise_step else "stepwise"
@@ -75,8 +79,8 @@ def explain_path(
     path = choose_path(mode, hidden_size, proj_size, dtype, rocm)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
-    if rocm and mode in ROCM_STEPWISE:
-        return path, "on AMD GPUs the LSTM sequence kernels spill registers (compile report)"
+    if rocm and _stepwise_on_rocm(mode, dtype):
+        return path, f"on AMD GPUs the {mode} sequence kernels spill registers in {dtype} (compile report)"
     w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype)
     sequence_step, stepwise_step = step_costs(mode, hidden_size, proj_size, dtype)
     return path, (

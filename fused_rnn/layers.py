@@ -83,6 +83,11 @@ def _stepwise(cell: int, xp, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: bool):
     return y, h, c
 
 
+def _differentiated(*tensors: Tensor | None) -> bool:
+    """Whether autograd will record an op on ``tensors``: grad mode is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor):
     """All layers and directions over padded time-major x (T, B, I).
 
@@ -108,7 +113,8 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             if path == "stepwise":
                 y, h, c = _stepwise(cell, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1)
             else:
-                y, h, c, *_ = sequence_ops.sequence(xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, cell, d == 1)
+                save = _differentiated(xp, w_hh, b_hn, w_hr, h0[k], c_init)  # else the gates are not written
+                y, h, c, *_ = sequence_ops.sequence(xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, cell, d == 1, save)
             outs.append(y)
             h_n.append(h)
             c_n.append(c)

@@ -21,15 +21,16 @@ LSTM, GRU = K.LSTM, K.GRU
 @torch.library.custom_op("fused_rnn::sequence", mutates_args=())
 def sequence(
     xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
-    lengths: Tensor, cell: int, reverse: bool,
+    lengths: Tensor, cell: int, reverse: bool, save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """xp (T, B, G), w_hh (G, R), b_hn (H,) GRU only, w_hr (R, H) LSTM projection or None (then R = H),
     h0 (B, R), c0 (B, H), lengths (B,) int64.
 
     Returns y (T, B, R), h_n (B, R), c_n (B, H) (empty unless LSTM), and what
-    backward needs: the saved gates, cell states and pre-projection outputs.
+    backward needs: the saved gates and cell states (empty unless ``save``,
+    which a caller that will not differentiate clears) and the pre-projection outputs.
     """
-    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse)
+    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save)
     return y, h_n, c_n, ws, cs, ms
 
 
@@ -49,16 +50,17 @@ def _acc(t: Tensor) -> torch.dtype:
 
 
 @sequence.register_fake
-def _(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse):
+def _(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save):
     T, B, _ = xp.shape
     R = w_hh.shape[1]
     H = w_hr.shape[1] if w_hr is not None else R
     acc = _acc(xp)
     lstm = cell == LSTM
-    saved = K.SAVED[cell] * H
+    saved = K.SAVED[cell] * H if save else 0
     return (
         xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty((B, H) if lstm else (0,)),
-        xp.new_empty((T, B, saved) if saved else (0,), dtype=acc), xp.new_empty((T, B, H) if lstm else (0,), dtype=acc),
+        xp.new_empty((T, B, saved) if saved else (0,), dtype=acc),
+        xp.new_empty((T, B, H) if lstm and save else (0,), dtype=acc),
         xp.new_empty((T, B, H) if w_hr is not None else (0,)),
     )
 
@@ -89,7 +91,7 @@ def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Te
 
 
 def _setup(ctx, inputs, output) -> None:
-    xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse = inputs
+    xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, _save = inputs
     y, h_n, c_n, ws, cs, ms = output
     ctx.cell, ctx.reverse, ctx.has_bhn = cell, reverse, b_hn is not None
     ctx.mark_non_differentiable(ws, cs, ms)
@@ -123,7 +125,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     if w_hr is not None and ctx.needs_input_grad[3]:
         d_wr = dhs.reshape(T * B, R).t().mm(ms.reshape(T * B, H))
     d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None
-    return d_xp, d_w, d_bhn, d_wr, dh0.to(h0.dtype), d_c0, None, None, None
+    return d_xp, d_w, d_bhn, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None
 
 
 sequence.register_autograd(_backward, setup_context=_setup)

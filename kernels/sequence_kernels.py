@@ -114,11 +114,12 @@ def sequence_fwd_kernel(
     y, s_yt, s_yb, s_yh,  # out (T, B, R) outputs, zero past each row's length
     hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, R) h ping-pong in the compute dtype; after T steps hbuf[T % 2] is h_n
     cbuf, s_cbb, s_cbh,  # scratch (B, H) cell state in the compute dtype; c_n at the end (LSTM)
-    ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU)
-    cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM)
+    ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU; when SAVE)
+    cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM; when SAVE)
     ms, s_mst, s_msb, s_msh,  # out (T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
-    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
+    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr,
+    ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -153,11 +154,12 @@ def sequence_fwd_kernel(
                 c_prev = tl.load(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
                 h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
                 tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), tl.where(active[:, None], c, c_prev), mask=m)
-                tl.store(_at(cs, s_cst, s_csb, s_csh, t, rows, j, cols), c, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), i, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), f, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), g, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), o, mask=am)
+                if SAVE:
+                    tl.store(_at(cs, s_cst, s_csb, s_csh, t, rows, j, cols), c, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), i, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), f, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), g, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), o, mask=am)
             elif CELL == 1:
                 h_r = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
@@ -171,10 +173,11 @@ def sequence_fwd_kernel(
                 x_z = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
                 x_n = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
                 h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), r, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), z, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), n, mask=am)
-                tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), h_n, mask=am)
+                if SAVE:
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), r, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), z, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), n, mask=am)
+                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), h_n, mask=am)
             else:
                 pre = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
@@ -354,14 +357,15 @@ def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
     return (t, *t.stride()) if t is not None and t.numel() else (like, *([0] * ndim))
 
 
-def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool):
+def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool):
     """One layer and direction over the whole sequence.
 
     xp (T, B, G) input projection with biases folded, w_hh (G, R), b_hn (H,) or
     None (GRU), w_hr (R, H) or None (LSTM projection; R = H without it), h0
     (B, R) and c0 (B, H) (c0 only for LSTM), lengths (B,) int64.
-    Returns y (T, B, R), h_n (B, R), c_n (B, H), the saved gates (T, B, 4H),
-    cell states (T, B, H) and pre-projection outputs m (T, B, H); unused ones are empty.
+    Returns y (T, B, R), h_n (B, R), c_n (B, H), the saved gates (T, B, 4H)
+    and cell states (T, B, H) when ``save`` (what backward reads), and the
+    pre-projection outputs m (T, B, H); unused ones are empty.
     """
     T, B, _ = xp.shape
     R = w_hh.shape[1]
@@ -371,8 +375,9 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     hbuf = new_output(xp.new_empty(0, dtype=acc), (2, B, R))
     is_lstm = cell == LSTM
     cbuf = new_output(hbuf, (B, H) if is_lstm else (0,))
-    ws = new_output(cbuf, (T, B, SAVED[cell] * H) if SAVED[cell] else (0,))
-    cs = new_output(cbuf, (T, B, H) if is_lstm else (0,))
+    save = save and SAVED[cell] > 0
+    ws = new_output(cbuf, (T, B, SAVED[cell] * H) if save else (0,))
+    cs = new_output(cbuf, (T, B, H) if save and is_lstm else (0,))
     ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
     grid, meta = _meta(cell, reverse, xp.dtype, B, H)
     w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
@@ -382,7 +387,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
         h0, *h0.stride(), *_or_dummy(c0, h0, 2), lengths,
         y, *y.stride(), hbuf, *hbuf.stride(), *_or_dummy(cbuf, xp, 2), *_or_dummy(ws, xp, 3),
         *_or_dummy(cs, xp, 3), *_or_dummy(ms, xp, 3),
-        T, B, H, R, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, **meta,
+        T, B, H, R, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, **meta,
     )
     h_n = hbuf[T % 2].to(xp.dtype, copy=True)
     c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)

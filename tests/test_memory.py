@@ -31,12 +31,14 @@ class Recorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[tuple[str, int, weakref.ref]] = []  # (op, index among its outputs, tensor)
+        self.numels: list[int] = []  # of each tensor of refs, when it was returned
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for i, t in enumerate(tree_flatten(out)[0]):
             if isinstance(t, torch.Tensor):
                 self.refs.append((str(func), i, weakref.ref(t)))
+                self.numels.append(t.numel())
         return out
 
     def alive(self) -> list[torch.Tensor]:
@@ -44,6 +46,9 @@ class Recorder(TorchDispatchMode):
 
     def outputs_of(self, op: str, indices: range) -> list[weakref.ref]:
         return [r for name, i, r in self.refs if name == op and i in indices]
+
+    def numels_of(self, op: str, indices: range) -> list[int]:
+        return [n for (name, i, _), n in zip(self.refs, self.numels) if name == op and i in indices]
 
 
 @contextlib.contextmanager
@@ -66,6 +71,7 @@ MODULES: dict[str, Callable[[str], nn.Module]] = {
 }
 SEQUENCE_OP = "fused_rnn.sequence.default"
 SAVED_BUFFERS = range(3, 6)  # the op's outputs saved only for backward: gates, cell states, pre-projection outputs
+GATE_BUFFERS = range(3, 5)  # the gates and cell states, which only backward reads
 
 
 def _input(name: str, device: str) -> torch.Tensor:
@@ -108,8 +114,8 @@ def test_saved_tensors_die_with_the_graph(name: str, path: str, device: str):
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 @pytest.mark.parametrize("name", MODULES)
 def test_no_grad_and_inference_mode_save_nothing(name: str, mode, device: str):
-    """No autograd graph, and nothing of the call outlives it but the outputs (the saved-gate buffers that
-    the sequence kernel still fills are freed on return)."""
+    """No autograd graph, nothing of the call outlives it but the outputs, and the sequence kernel writes no
+    gates or cell states for backward (the op returns them empty)."""
     module = MODULES[name](device)
     x = _input(name, device).requires_grad_()
     with mode():
@@ -123,6 +129,9 @@ def test_no_grad_and_inference_mode_save_nothing(name: str, mode, device: str):
         storages = {o.untyped_storage().data_ptr() for o in outs}
         extra = [t for t in recorder.alive() if t.untyped_storage().data_ptr() not in storages]
         assert extra == [], f"tensors kept alive beyond the outputs: {[tuple(t.shape) for t in extra]}"
+        gates = recorder.numels_of(SEQUENCE_OP, GATE_BUFFERS)
+        assert len(gates) == (0 if name.endswith("Cell") else 2 * (2 if name == "LSTM_proj" else 1))
+        assert not any(gates), f"gate buffers written without autograd: {gates}"
 
 
 def _glibc_in_use() -> Callable[[], int] | None:

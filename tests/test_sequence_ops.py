@@ -34,7 +34,7 @@ def test_gradcheck_with_lengths(cell, reverse, device):
         xp = (xp.detach() + 0.5).requires_grad_()
 
     def fn(xp, w_hh, b_hn, h0, c0):
-        y, h_n, c_n, *_ = sequence_ops.sequence(xp, w_hh, b_hn, None, h0, c0, lengths, cid, reverse)
+        y, h_n, c_n, *_ = sequence_ops.sequence(xp, w_hh, b_hn, None, h0, c0, lengths, cid, reverse, True)
         return (y, h_n, c_n) if cid == LSTM else (y, h_n)
 
     with fused_path_only() as launches:
@@ -52,7 +52,7 @@ def test_gradcheck_lstm_projection(reverse, device):
     h0 = torch.randn(B, 2, dtype=torch.float64, device=device, requires_grad=True)
 
     def fn(xp, w_hh, w_hr, h0, c0):
-        y, h_n, c_n, *_ = sequence_ops.sequence(xp, w_hh, None, w_hr, h0, c0, lengths, LSTM, reverse)
+        y, h_n, c_n, *_ = sequence_ops.sequence(xp, w_hh, None, w_hr, h0, c0, lengths, LSTM, reverse, True)
         return y, h_n, c_n
 
     with fused_path_only() as launches:
@@ -63,7 +63,7 @@ def test_gradcheck_lstm_projection(reverse, device):
 def test_padding_is_zero_and_final_state_is_last_valid(device):
     xp, w_hh, _, h0, c0, lengths = op_inputs(LSTM, device)
     with torch.no_grad():
-        y, h_n, *_ = sequence_ops.sequence(xp, w_hh, None, None, h0, c0, lengths, LSTM, False)
+        y, h_n, *_ = sequence_ops.sequence(xp, w_hh, None, None, h0, c0, lengths, LSTM, False, True)
     for b, n in enumerate(lengths.tolist()):
         assert (y[n:, b] == 0).all()
         assert torch.equal(h_n[b], y[n - 1, b])
@@ -71,6 +71,6 @@ def test_padding_is_zero_and_final_state_is_last_valid(device):
 
 def test_double_backward_raises_a_clear_error(device):
     xp, w_hh, _, h0, _, lengths = op_inputs(CELLS["RNN_TANH"], device)
-    y = sequence_ops.sequence(xp, w_hh, None, None, h0, None, lengths, CELLS["RNN_TANH"], False)[0]
+    y = sequence_ops.sequence(xp, w_hh, None, None, h0, None, lengths, CELLS["RNN_TANH"], False, True)[0]
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(y.sum(), xp, create_graph=True)

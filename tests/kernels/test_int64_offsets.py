@@ -88,8 +88,8 @@ def _sequence_case(place: Strided, strided: set[str], *, backward: bool) -> None
         v = {k: place(x) if k in strided and x is not None else x for k, x in t.items()}
         place.check_no_overlap()
         args = ("xp", "w_hh", "b_hn", "w_hr", "h0", "c0")
-        want = SK.sequence_forward(*(t[k] for k in args), lengths, cell, reverse)
-        _same(SK.sequence_forward(*(v[k] for k in args), lengths, cell, reverse), want)
+        want = SK.sequence_forward(*(t[k] for k in args), lengths, cell, reverse, True)
+        _same(SK.sequence_forward(*(v[k] for k in args), lengths, cell, reverse, True), want)
         if backward:
             y, h_n, c_n, ws, cs, ms = want
             bargs = ("dy", "dh_n", "dc_n", "w_hh", "w_hr", "h0", "c0")
