@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import TOL, rel_err
-from test_layers_ddp import B, DEVICE, Net, train
+from test_layers_ddp import B, DEVICE, Net, exit_worker, train
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -41,6 +41,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
             torch.save(full, out_file)
     finally:
         dist.destroy_process_group()
+    exit_worker()
 
 
 @pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
