@@ -40,11 +40,10 @@ Example counts come from the hypothesis profile (tests/conftest.py): "ci"
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pytest
 import torch
 from conftest import fused_path_only
 from helpers import TOL, rel_err
@@ -179,15 +178,6 @@ def run(module: nn.RNNBase, cfg: Config, x: torch.Tensor, states: list[torch.Ten
     return [o.detach() for o in outs], list(grads)
 
 
-@contextlib.contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """fp32 products in IEEE fp32, not TF32 (on a GPU the kernels follow cuDNN's TF32 switch)."""
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
 
 
 def sensitivity(cfg: Config, ref: nn.RNNBase, x: torch.Tensor, states: list[torch.Tensor], expected: list,
@@ -249,7 +239,8 @@ EXAMPLES = [
 def test_layer_matches_torch_nn_in_float64(cfg: Config):
     fused, ref = modules(cfg)
     x, states = inputs(cfg)
-    with ieee_fp32():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.backends.cudnn, "allow_tf32", False)  # IEEE fp32 products: the kernels follow cuDNN's switch
         with fused_path_only() as launches:
             outs, grads = run(fused, cfg, x, states)
         assert launches.total > 0, "the Triton kernels ran"

@@ -11,19 +11,11 @@ import torch
 from fused_rnn.kernels import sequence_kernels as K
 
 
-@pytest.fixture
-def tf32():
-    """Set torch.backends.cudnn.allow_tf32 for one test."""
-    previous = torch.backends.cudnn.allow_tf32
-    yield lambda enabled: setattr(torch.backends.cudnn, "allow_tf32", enabled)
-    torch.backends.cudnn.allow_tf32 = previous
-
-
-def test_fp32_blocks_narrow_when_products_leave_tensor_cores(tf32):
-    tf32(True)
+def test_fp32_blocks_narrow_when_products_leave_tensor_cores(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     meta = K._meta(K.LSTM, False, torch.float32, 64, 512)[1]
     assert (meta["DOT_PREC"], meta["BLOCK_H"], meta["BLOCK_K"]) == ("tf32", 32, 32)
-    tf32(False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     meta = K._meta(K.LSTM, False, torch.float32, 64, 512)[1]
     assert (meta["DOT_PREC"], meta["BLOCK_H"], meta["BLOCK_K"]) == ("ieee", 16, 16)
 
