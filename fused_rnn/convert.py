@@ -7,7 +7,7 @@ import warnings
 from torch import nn
 
 from .cells import GRUCell, LSTMCell, RNNCell
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, let_dynamo_trace_fused_layers
 
 # Exact torch.nn class -> fused class (a subclass of it, adding no state).
 FUSED = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
@@ -22,6 +22,8 @@ def _convert_one(module: nn.Module) -> None:
         # The fused class subclasses cls and adds no state, so switching the class keeps the very
         # same Parameter objects, buffers, hooks, training mode, device, dtype and user attributes.
         module.__class__ = FUSED[cls]
+        if isinstance(module, nn.RNNBase):  # no __init__ ran: let torch.compile trace it (layers.py)
+            let_dynamo_trace_fused_layers()
     elif isinstance(module, _RECURRENT_BASES):
         warnings.warn(
             f"fused_rnn.convert left {cls.__module__}.{cls.__qualname__} unconverted: it subclasses a torch.nn "

@@ -4,6 +4,7 @@ The modules subclass torch.nn's: same constructor, parameters, state_dict,
 validation (torch's own ``check_forward_args``), input kinds (batched,
 batch_first, unbatched, PackedSequence) and outputs. Where the Triton kernels
 cannot run (CPU tensors without the interpreter) the parent's forward runs.
+torch.compile traces them with no Dynamo setting (``let_dynamo_trace_fused_layers``).
 
 Per layer and direction: one GEMM for the input projection of the whole
 sequence (biases folded in, except GRU's b_hn), then one launch of
@@ -13,6 +14,8 @@ vector (``packing``); the kernels handle the lengths.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -269,21 +272,85 @@ def _forward_or_fallback(module: nn.RNNBase, torch_forward, input, hx):
     return fused_forward(module, input, hx)
 
 
-class LSTM(nn.LSTM):
+_dynamo_hook_installed = False
+
+
+def _runs_fused(module: nn.RNNBase) -> bool:
+    """Whether the Triton kernels run on the layer's weights' device (its inputs must be on it too)."""
+    weight = next(module.parameters(), None)
+    return weight is not None and triton_runs_on(weight)
+
+
+def let_dynamo_trace_fused_layers() -> None:
+    """Let torch.compile trace the fused layers without ``torch._dynamo.config.allow_rnn``; once per process.
+
+    Dynamo refuses every instance of a torch.nn.RNN/GRU/LSTM subclass unless ``allow_rnn`` is set (a check on
+    the class in ``VariableBuilder.wrap_module``, torch/_dynamo/variables/builder.py, before it looks at the
+    forward), and torch offers no supported way for a subclass to opt out. Setting ``allow_rnn`` would also
+    change how torch.nn's own layers compile (traced into the graph instead of refused), so instead this wraps
+    that one Dynamo method: for an instance of fused_rnn's LSTM, GRU or RNN whose weights are where the Triton
+    kernels run, it runs Dynamo's own code with ``allow_rnn`` patched on for the duration of that call (a
+    context-local config patch); for every other value, torch.nn's layers and fused layers on the torch
+    fallback (their forward is torch.nn's) included, it calls Dynamo's code unchanged. ``allow_rnn`` itself is
+    never set. If this torch's Dynamo lacks that method, nothing is changed and ``allow_rnn = True`` remains
+    the way.
+
+    Called when a fused layer is created, unpickled or copied, and by ``fused_rnn.convert``: Dynamo is imported
+    then (the first call of a custom op imports it anyway).
+    """
+    global _dynamo_hook_installed
+    if _dynamo_hook_installed:
+        return
+    _dynamo_hook_installed = True
+    try:
+        from torch._dynamo import config
+        from torch._dynamo.variables.builder import VariableBuilder
+    except ImportError:  # a torch without Dynamo
+        return
+    refusing = getattr(VariableBuilder, "wrap_module", None)
+    if refusing is None or getattr(refusing, "_fused_rnn_original", None) is not None:
+        return
+
+    @functools.wraps(refusing)
+    def wrap_module(self, value):
+        if isinstance(value, (LSTM, GRU, RNN)) and not config.allow_rnn and _runs_fused(value):
+            with config.patch(allow_rnn=True):
+                return refusing(self, value)
+        return refusing(self, value)
+
+    wrap_module._fused_rnn_original = refusing
+    VariableBuilder.wrap_module = wrap_module
+
+
+class _Compilable:
+    """Mixin of the fused layers: creating one (or unpickling, copying) installs ``let_dynamo_trace_fused_layers``.
+
+    Adds no state: ``fused_rnn.convert`` may still switch a torch.nn layer's class to a fused one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        let_dynamo_trace_fused_layers()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        let_dynamo_trace_fused_layers()
+
+
+class LSTM(_Compilable, nn.LSTM):
     """torch.nn.LSTM on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
         return _forward_or_fallback(self, super().forward, input, hx)
 
 
-class GRU(nn.GRU):
+class GRU(_Compilable, nn.GRU):
     """torch.nn.GRU on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):
         return _forward_or_fallback(self, super().forward, input, hx)
 
 
-class RNN(nn.RNN):
+class RNN(_Compilable, nn.RNN):
     """torch.nn.RNN (tanh or relu) on Triton sequence kernels (one launch per layer and direction)."""
 
     def forward(self, input, hx=None):

@@ -1,10 +1,11 @@
 """torch.compile(fullgraph=True) of whole models of fused layers and cells, and no recompilation on new sizes.
 
-Dynamo refuses every torch.nn.RNN/LSTM/GRU subclass before looking at its
-forward unless ``torch._dynamo.config.allow_rnn`` is set; the fused layers'
-forward traces fully once it is (docs/user-guide.md). PackedSequence input
-too: its batch size, data, is taken from sorted_indices or the given state,
-else is an unbacked SymInt (fused_rnn/packing.py), so new batch sizes and
+No Dynamo setting anywhere: Dynamo refuses every torch.nn.RNN/LSTM/GRU subclass unless
+``torch._dynamo.config.allow_rnn`` is set, and fused_rnn lifts that refusal for its own layers only
+(``fused_rnn.layers.let_dynamo_trace_fused_layers``), leaving the flag and torch.nn's own layers as they were:
+the last tests compile torch.nn's layers in this process with and without fused_rnn's hook and compare
+(docs/user-guide.md, "Compiling models"). PackedSequence input too: its batch size, data, is taken from
+sorted_indices or the given state, else is an unbacked SymInt (fused_rnn/packing.py), so new batch sizes and
 lengths do not recompile.
 """
 
@@ -58,15 +59,15 @@ def assert_compiles_once_and_matches_eager(model, run, calls) -> None:
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
     frames = []
-    with torch._dynamo.config.patch(allow_rnn=True):
-        for label, args in calls:
-            expected = run(model, *args)
-            with fused_path_only() as launches:
-                got = run(compiled, *args)
-            assert launches.total > 0
-            for a, b in zip(got, expected):
-                assert rel_err(a, b) <= TOL[torch.float32], f"{label}: {rel_err(a, b):.2e}"
-            frames.append(counter.frame_count)
+    for label, args in calls:
+        expected = run(model, *args)
+        with fused_path_only() as launches:
+            got = run(compiled, *args)
+        assert launches.total > 0
+        for a, b in zip(got, expected):
+            assert rel_err(a, b) <= TOL[torch.float32], f"{label}: {rel_err(a, b):.2e}"
+        frames.append(counter.frame_count)
+    assert torch._dynamo.config.allow_rnn is False, "fused_rnn must not set Dynamo's global switch"
     assert frames[0] == frames[1] == frames[2], f"new batch sizes and lengths must not recompile: {frames}"
     assert sum(len(g.graph.nodes) > 2 for g in counter.graphs) == 1, "the whole model is one graph"
 
@@ -123,5 +124,143 @@ def test_compiled_packed_layer_rejects_a_state_of_another_batch_size(device):
     x = pack_padded_sequence(torch.randn(5, 3, 4, device=device), torch.tensor([5, 4, 2]))
     compiled = torch.compile(gru, fullgraph=True, dynamic=True)
     message = r"Expected hidden batch size 3 \(the PackedSequence's\), got 4"
-    with torch._dynamo.config.patch(allow_rnn=True), pytest.raises(RuntimeError, match=message):
+    with pytest.raises(RuntimeError, match=message):
         compiled(x, torch.randn(1, 4, 3, device=device))
+
+
+def _fresh_hook(monkeypatch) -> type:
+    """Dynamo's VariableBuilder as if no fused layer had been created in this process (undone after the test)."""
+    from torch._dynamo.variables.builder import VariableBuilder
+
+    monkeypatch.setattr(VariableBuilder, "wrap_module", VariableBuilder.wrap_module._fused_rnn_original)
+    monkeypatch.setattr(fused_rnn.layers, "_dynamo_hook_installed", False)
+    return VariableBuilder
+
+
+class TorchModel(torch.nn.Module):
+    """torch.nn's layers and a cell, as a user's model has them before ``fused_rnn.convert``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 5, bidirectional=True)
+        self.gru = torch.nn.GRU(10, 3)
+        self.cell = torch.nn.GRUCell(4, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y, (h, c) = self.lstm(x)
+        z, hg = self.gru(y)
+        return [z, hg, h, c, self.cell(x[0])]
+
+
+def test_a_converted_model_compiles_once_with_no_dynamo_setting(monkeypatch, device):
+    """convert switches classes without running __init__; it installs the hook itself."""
+    builder = _fresh_hook(monkeypatch)
+    original = builder.wrap_module
+    torch.manual_seed(0)
+    model = fused_rnn.convert(TorchModel().to(device))
+    assert builder.wrap_module is not original
+    calls = [(f"T={T} B={B}", (torch.randn(T, B, 4, device=device),)) for T, B in [(5, 3), (7, 2), (4, 6)]]
+    assert_compiles_once_and_matches_eager(model, outputs_and_grads, calls)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_or_unpickled_layer_installs_the_hook(how: str, monkeypatch):
+    """Unpickling and deepcopy run __setstate__, not __init__."""
+    import copy
+    import pickle
+
+    layer = fused_rnn.GRU(3, 4)
+    builder = _fresh_hook(monkeypatch)
+    original = builder.wrap_module
+    copied = copy.deepcopy(layer) if how == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    assert type(copied) is fused_rnn.GRU
+    assert builder.wrap_module is not original and builder.wrap_module._fused_rnn_original is original
+
+
+class PlainModel(torch.nn.Module):
+    """A torch.nn recurrent layer between pointwise ops: where Dynamo breaks the graph shows in the graphs."""
+
+    def __init__(self, cls: type):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+        self.rnn = cls(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.linear(x))  # a graph before the layer, then a graph break at it unless allow_rnn
+        y, _ = self.rnn(h)
+        return y * 2
+
+
+def _how_torch_nn_compiles(cls: type, allow_rnn: bool) -> tuple:
+    """Everything observable of compiling a torch.nn layer: outputs and gradients, compiled frames, the op
+    targets of every graph, and fullgraph's error (type and first line) or None."""
+    torch.manual_seed(0)
+    model, x = PlainModel(cls), torch.randn(5, 2, 3, requires_grad=True)
+    with torch._dynamo.config.patch(allow_rnn=allow_rnn):
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("eager")
+        y = torch.compile(model, backend=counter)(x)
+        results = [y, *torch.autograd.grad(y.pow(2).sum(), [x, *model.parameters()])]
+        graphs = [[str(n.target) for n in g.graph.nodes] for g in counter.graphs]
+        torch._dynamo.reset()
+        try:
+            torch.compile(model, backend="eager", fullgraph=True)(x)
+            error = None
+        except Exception as e:  # noqa: BLE001: the error is what is compared
+            error = (type(e).__name__, str(e).splitlines()[0])
+    torch._dynamo.reset()
+    return results, counter.frame_count, graphs, error
+
+
+@pytest.mark.parametrize("allow_rnn", [False, True], ids=["default", "allow_rnn"])
+@pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN], ids=lambda c: c.__name__)
+def test_torch_nn_layers_compile_as_without_fused_rnn(cls: type, allow_rnn: bool, monkeypatch):
+    """torch.nn's own layers, compiled in a process where fused layers exist, compile exactly as with Dynamo's
+    unwrapped code: the same results (equal to eager), the same frames and graphs, the same fullgraph error
+    ("Attempted to wrap RNN, GRU, or LSTM" by default; none when the user sets allow_rnn); the flag untouched."""
+    fused_rnn.LSTM(3, 4)  # the hook is installed
+    with_hook = _how_torch_nn_compiles(cls, allow_rnn)
+    _fresh_hook(monkeypatch)
+    without = _how_torch_nn_compiles(cls, allow_rnn)
+    assert torch._dynamo.config.allow_rnn is False
+    (got, *rest), (expected, *rest_expected) = with_hook, without
+    assert rest == rest_expected
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    torch.manual_seed(0)
+    model, x = PlainModel(cls), torch.randn(5, 2, 3, requires_grad=True)
+    y = model(x)
+    eager = [y, *torch.autograd.grad(y.pow(2).sum(), [x, *model.parameters()])]
+    assert all(torch.equal(a, b) for a, b in zip(got, eager))
+    frames, graphs, error = rest
+    if allow_rnn:
+        assert error is None and frames == 1
+    else:
+        assert error == ("Unsupported", "Attempted to wrap RNN, GRU, or LSTM")
+
+
+def test_a_torch_nn_layer_beside_fused_ones_is_still_refused(device):
+    """The hook is per instance: a torch.nn GRU in a model of fused layers is refused as before."""
+
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = fused_rnn.LSTM(3, 4)
+            self.gru = torch.nn.GRU(4, 2)
+
+        def forward(self, x):
+            y = self.lstm(x)[0]  # traced first
+            return self.gru(y)[0]
+
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"Attempted to wrap RNN, GRU, or LSTM[\s\S]*GRU\(4, 2\)"):
+        torch.compile(Mixed().to(device), backend="eager", fullgraph=True)(torch.randn(5, 2, 3, device=device))
+
+
+def test_a_fused_layer_on_the_torch_fallback_is_refused_as_torch_nn_is(monkeypatch):
+    """Where the Triton kernels do not run (CPU without the interpreter) a fused layer's forward is torch.nn's,
+    and Dynamo refuses it as it refuses torch.nn's layers (no allow_rnn behaviour slipped in)."""
+    monkeypatch.setattr(fused_rnn.layers, "triton_runs_on", lambda tensor: False)
+    lstm = fused_rnn.LSTM(3, 4)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="Attempted to wrap RNN, GRU, or LSTM"):
+        torch.compile(lstm, backend="eager", fullgraph=True)(torch.randn(5, 2, 3))
