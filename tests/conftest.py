@@ -2,19 +2,27 @@
 
 Without a GPU the kernels run in Triton's CPU interpreter. TRITON_INTERPRET
 must be set before any Triton kernel is defined, so it is set here, at
-collection time, before the tests import fused_rnn (`make test` sets it too).
+collection time, before the tests import fused_rnn. A TRITON_INTERPRET=0
+without a GPU stops the run with a message (the kernels could not run).
 """
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Without a GPU the kernels can only run in the interpreter. A TRITON_INTERPRET that turns it off would make
+    # every fused module hand its calls to torch.nn, and the tests would compare torch.nn with itself: refuse.
+    if os.environ.get("TRITON_INTERPRET", "1").lower() not in ("1", "true", "on", "yes"):
+        raise pytest.UsageError(
+            f"TRITON_INTERPRET={os.environ['TRITON_INTERPRET']!r} with no GPU: the Triton kernels could not run and "
+            "the fused modules would fall back to torch.nn. Unset it (the tests then use Triton's CPU interpreter)."
+        )
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import contextlib  # noqa: E402
 
-import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from fused_rnn.kernels.launch import count_launches, interpreting, poison_outputs  # noqa: E402

@@ -14,8 +14,9 @@ import torch
 # localised error cannot dilute. Both are bounded:
 # - fp64: by TOL[torch.float64] (torch.nn's own fp64 result is the reference).
 # - fp32, fp16, bf16, wherever torch.nn runs in the same dtype on the same inputs: by TORCH_FACTOR times the
-#   error torch.nn itself makes there (each measure), or the dtype's unit roundoff where torch.nn's error is
-#   smaller, since no result stored in the dtype can be closer than that.
+#   error torch.nn itself makes there (each measure), or of one ulp (the dtype's eps) where torch.nn's error is
+#   smaller: on a handful of elements torch.nn can land within a fraction of an ulp by luck, where a result
+#   stored in the dtype and computed from rounded intermediates is in general about an ulp off.
 # - Elsewhere (no torch.nn counterpart in the dtype, e.g. compiled against eager): by TOL[dtype].
 TOL = {
     torch.float64: 1e-10,
@@ -59,8 +60,8 @@ def bound(dtype: torch.dtype, torch_err: Err | None = None) -> Err:
     """The largest error allowed in ``dtype``: TOL, or TORCH_FACTOR times torch.nn's own error (module comment)."""
     if torch_err is None or dtype == torch.float64:
         return Err(TOL[dtype], TOL[dtype])
-    u = torch.finfo(dtype).eps / 2
-    return Err(TORCH_FACTOR * max(torch_err.norm, u), TORCH_FACTOR * max(torch_err.max, u))
+    ulp = torch.finfo(dtype).eps
+    return Err(TORCH_FACTOR * max(torch_err.norm, ulp), TORCH_FACTOR * max(torch_err.max, ulp))
 
 
 def assert_close(

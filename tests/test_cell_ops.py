@@ -1,4 +1,7 @@
-"""The cell custom ops: gradcheck, double backward, partial gradients, eval mode, torch.compile."""
+"""The cell custom ops: gradcheck, gradgradcheck, partial gradients, eval mode, torch.compile.
+
+Double backward against torch.nn's own cells: tests/test_cells.py.
+"""
 
 from __future__ import annotations
 
@@ -57,28 +60,17 @@ def test_gradcheck(kind, bias, device):
     assert launches.total > 0
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_gradgradcheck(kind, device):
-    op, _ = op_and_reference(kind)
-    inputs = op_inputs(kind, True, device)
-    with fused_path_only():
-        assert torch.autograd.gradgradcheck(op, inputs)
-
-
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", CELLS)
-def test_double_backward_matches_reference(kind, device):
-    """create_graph=True through the fused op equals the same through the reference."""
-    op, ref = op_and_reference(kind)
-    inputs = [t for t in op_inputs(kind, True, device)]
-    results = []
-    for fn in (op, ref):
-        outs = fn(*inputs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        first = torch.autograd.grad([o.pow(2).sum() for o in outs], inputs, create_graph=True)
-        second = torch.autograd.grad(sum((g * g).sum() for g in first), inputs)
-        results.append(first + second)
-    for a, b in zip(*results):
-        assert_close(a, b, torch.float64)
+def test_gradgradcheck(kind, bias, device):
+    """Second derivatives of every input against finite differences of the first (create_graph=True)."""
+    op, _ = op_and_reference(kind)
+    inputs = op_inputs(kind, bias, device)
+    if kind == "rnn_relu":  # away from relu's kink, where finite differences fail
+        inputs = tuple(None if t is None else (t.detach() + 0.3).requires_grad_() for t in inputs)
+    with fused_path_only() as launches:
+        assert torch.autograd.gradgradcheck(op, inputs)
+    assert launches.total > 0
 
 
 @pytest.mark.parametrize("which", ["h", "c"])
@@ -107,13 +99,6 @@ def test_backward_in_eval_mode_and_twice(kind, device):
         (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
         (g2,) = torch.autograd.grad(loss, x)
     assert torch.equal(g1, g2)
-
-
-def test_no_grad_saves_nothing(device):
-    inputs = op_inputs("lstm", True, device, requires_grad=False)
-    with torch.no_grad():
-        hy, cy = cell_ops.lstm_cell(*inputs)
-    assert hy.grad_fn is None and cy.grad_fn is None
 
 
 class CellLoop(torch.nn.Module):

@@ -22,13 +22,15 @@ def test_small_weights_run_the_sequence_kernel_and_large_ones_stepwise():
     assert choose_path("GRU", 2048, 0, torch.bfloat16) == "stepwise"
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_one_crossover_in_hidden_size(mode, dtype):
     """The sequence kernel serves every size up to one crossover and the stepwise path every size above."""
     paths = [choose_path(mode, h, 0, dtype) for h in range(16, 4097, 16)]
     crossover = paths.index("stepwise")
     assert crossover > 0 and set(paths[crossover:]) == {"stepwise"}
+    # The layer tests run hidden sizes below this in every dtype, asserting the sequence kernels ran by name.
+    assert paths[: crossover] == ["sequence"] * crossover and 16 * crossover >= 64
 
 
 def test_force_path():

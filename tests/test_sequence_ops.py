@@ -67,10 +67,3 @@ def test_padding_is_zero_and_final_state_is_last_valid(device):
     for b, n in enumerate(lengths.tolist()):
         assert (y[n:, b] == 0).all()
         assert torch.equal(h_n[b], y[n - 1, b])
-
-
-def test_double_backward_raises_a_clear_error(device):
-    xp, w_hh, _, h0, _, lengths = op_inputs(CELLS["RNN_TANH"], device)
-    y = sequence_ops.sequence(xp, w_hh, None, None, h0, None, lengths, CELLS["RNN_TANH"], False, True)[0]
-    with pytest.raises(NotImplementedError, match="double backward"):
-        torch.autograd.grad(y.sum(), xp, create_graph=True)
