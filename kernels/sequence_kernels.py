@@ -82,7 +82,7 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
         if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc = tl.dot(x, wt, acc, input_precision=DOT_PREC)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PREC, out_dtype=ACC)  # Triton 3.6 wants out_dtype for fp64
     return acc
 
 
