@@ -95,6 +95,26 @@ def assert_all_close(
         assert_close(a, b, dtype, name, None if torch_out is None else torch_out[i])
 
 
+def kernels_of(module: torch.nn.Module, path: str = "sequence", backward: bool = True) -> set[str]:
+    """Names of the Triton kernels that a forward (and backward) of ``module`` launches: those of every fused
+    recurrent layer (on ``path``: "sequence" or "stepwise") and cell inside it."""
+    stems = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn", "LSTMCell": "lstm",
+             "GRUCell": "gru", "RNNCell": "rnn"}
+    names = set()
+    for m in module.modules():
+        if isinstance(m, torch.nn.RNNBase):
+            names.add("sequence" if path == "sequence" else f"{stems[m.mode]}_cell")
+        elif isinstance(m, torch.nn.RNNCellBase):
+            torch_class = next(c for c in type(m).__mro__ if c.__module__ == "torch.nn.modules.rnn")
+            names.add(f"{stems[torch_class.__name__]}_cell")
+    return {f"{n}_{d}_kernel" for n in names for d in (("fwd", "bwd") if backward else ("fwd",))}
+
+
+def assert_kernels(launches, expected: set[str]) -> None:
+    """The launches counted by ``count_launches`` were of exactly the ``expected`` kernels (by name)."""
+    assert set(launches.by_kernel or {}) == expected, f"kernels run: {launches.by_kernel}, expected {expected}"
+
+
 def raised(fn: Callable[[], object]) -> BaseException:
     """The exception ``fn`` raises (the test fails if it raises none)."""
     with pytest.raises(Exception) as info:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import triton
 from conftest import fused_path_only
-from helpers import TOL, assert_all_close, assert_close
+from helpers import assert_all_close, assert_close
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import fused_rnn

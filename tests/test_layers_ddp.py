@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import TOL, rel_err
+from helpers import assert_close, errors
 
 import fused_rnn
 
@@ -94,5 +94,5 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     got = torch.load(out_file, map_location=DEVICE)
     assert got.keys() == reference.state_dict().keys()
     for name, expected in reference.state_dict().items():
-        assert rel_err(got[name], expected) <= TOL[torch.float64], name
-    assert rel_err(got["lstm.weight_hh_l0"], Net(fused=False).state_dict()["lstm.weight_hh_l0"]) > 1e-6, "trained"
+        assert_close(got[name], expected, torch.float64, name)
+    assert errors(got["lstm.weight_hh_l0"], Net(fused=False).state_dict()["lstm.weight_hh_l0"]).norm > 1e-6, "trained"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from conftest import fused_path_only
-from helpers import assert_rejected_like_torch, raised, snapshot
+from helpers import assert_rejected_like_torch, raised
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 

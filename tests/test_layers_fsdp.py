@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import TOL, rel_err
+from helpers import assert_close, errors
 from test_layers_ddp import B, DEVICE, Net, exit_worker, train
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -55,5 +55,5 @@ def test_fsdp2_two_processes_equal_one_process_on_the_whole_batch(tmp_path: Path
     assert got.keys() == expected.keys()
     initial = Net(fused=False).state_dict()
     for name, want in expected.items():
-        assert rel_err(got[name], want) <= TOL[torch.float64], name
-        assert rel_err(got[name], initial[name]) > 1e-6, f"{name} did not change"
+        assert_close(got[name], want, torch.float64, name)
+        assert errors(got[name], initial[name]).norm > 1e-6, f"{name} did not change"

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 from conftest import fused_path_only
-from helpers import TOL, rel_err
+from helpers import assert_close, assert_kernels, errors, kernels_of
 from torch.nn.utils import parametrizations, parametrize
 
 import fused_rnn
@@ -38,14 +38,14 @@ def outputs_and_grads(m: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]
     with fused_path_only() as launches:
         out = m(x)
         grads = torch.autograd.grad(out.square().sum(), list(m.parameters()))
-    assert launches.total > 0
+    assert_kernels(launches, kernels_of(m))
     return [out.detach(), *grads]
 
 
 def assert_same(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
-        assert rel_err(a, b) <= TOL[torch.float64], f"{rel_err(a, b):.2e}"
+        assert_close(a, b, torch.float64)
 
 
 def test_torch_save_and_load_of_a_whole_model(device):
@@ -96,9 +96,9 @@ def test_functional_call_with_other_parameters(device):
     params = dict(other.named_parameters())
     with fused_path_only() as launches:
         got = torch.func.functional_call(m, params, (x,))
-    assert launches.total > 0
-    assert rel_err(got, other(x)) <= TOL[torch.float64]
-    assert rel_err(got, m(x)) > 0.01, "the given parameters were used"
+    assert_kernels(launches, kernels_of(m, backward=False))
+    assert_close(got, other(x), torch.float64, "output")
+    assert errors(got, m(x)).norm > 0.01, "the given parameters were used"
 
 
 class Halve(torch.nn.Module):
@@ -122,5 +122,5 @@ def test_parametrized_recurrent_weights(kind, device):
     with fused_path_only() as launches:
         y = fused(x)[0]
         got = [y] + list(torch.autograd.grad(y.sum(), list(fused.parameters())))
-    assert launches.total > 0
+    assert_kernels(launches, kernels_of(fused))
     assert_same(got, expected)

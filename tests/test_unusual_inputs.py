@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from conftest import fused_path_only
-from helpers import TOL, rel_err
+from helpers import assert_close, assert_kernels, kernels_of
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
@@ -124,10 +124,10 @@ def test_layers_match_torch(name: str, kwargs: dict, case: Case, path: str, devi
     want_outs, want_grads = _run(ref, case, x, leaves)
     with fused_rnn.force_path(path), fused_path_only() as launches:
         got_outs, got_grads = _run(fused, case, x, leaves)
-    assert launches.total > 0
+    assert_kernels(launches, kernels_of(fused, path, backward=case.name != "nothing_requires_grad"))
     assert len(got_grads) == len(want_grads) == (0 if case.name == "nothing_requires_grad" else len(got_grads))
     for a, b in zip(got_outs + got_grads, want_outs + want_grads, strict=True):
-        assert a.shape == b.shape and rel_err(a, b) <= TOL[DT], f"{rel_err(a, b):.2e}"
+        assert_close(a, b, DT)
 
 
 CELL_KINDS = ["LSTMCell", "GRUCell", "RNNCell"]
@@ -165,6 +165,6 @@ def test_cells_match_torch(kind: str, case: Case, device: str):
     want = run(ref)
     with fused_path_only() as launches:
         got = run(fused)
-    assert launches.total > 0
+    assert_kernels(launches, kernels_of(fused, backward=case.name != "nothing_requires_grad"))
     for a, b in zip(got, want, strict=True):
-        assert a.shape == b.shape and rel_err(a, b) <= TOL[DT], f"{rel_err(a, b):.2e}"
+        assert_close(a, b, DT)
