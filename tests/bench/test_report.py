@@ -81,6 +81,6 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch):
 
 
 def test_plot(tmp_path):
-    pytest.importorskip("matplotlib")
+    """matplotlib is a test dependency (pyproject.toml): the plot is drawn, never skipped."""
     assert report.plot(tmp_path / "p.png", ENV, ROWS) is None
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
