@@ -7,7 +7,6 @@ import json
 import math
 import sys
 
-import pytest
 import torch
 
 from fused_rnn.bench import report
