@@ -3,34 +3,62 @@
 # torch, triton, pytest and pytest-benchmark:
 #
 #   benchmarks/gpu_run.sh OUTPUT_DIR        (or OUT=OUTPUT_DIR benchmarks/gpu_run.sh)
+#   REHEARSE=1 benchmarks/gpu_run.sh DIR    the same stages on a CPU, at tiny sizes (see below)
 #
-# Installs the package offline, runs the test suite on the GPU, then the benchmarks:
+# Stages, each with a time limit and its output in OUTPUT_DIR/NAME.log:
+#   install   pip install --no-deps --no-build-isolation -e . (offline). Where that fails (a setuptools
+#             older than 70.1 without the `wheel` package: "invalid command 'bdist_wheel'"), the run goes
+#             on from the checkout instead: PYTHONPATH=OUTPUT_DIR/pythonpath, a fused_rnn/ of links to
+#             fused_rnn/*, with kernels/ as fused_rnn/kernels, and PYTHONSAFEPATH=1 so that the
+#             checkout's own fused_rnn/ (no kernels inside) does not shadow it (needs Python >= 3.11).
+#             gpu_run.log says which happened and where fused_rnn was imported from.
+#             INSTALL=checkout skips pip and runs from the checkout directly. (Without `wheel`,
+#             tests/test_packaging.py, which builds a wheel, fails in the tests stage.)
+#   tests     the test suite on the GPU (TESTS="pytest arguments" picks others; default: tests)
 #   default/  the default case (T=100 B=64 I=H=512), LSTM/GRU/RNN-tanh, both modes, fp32/fp16/bf16
 #   compile/  torch.compile of the reference loop on the default LSTM fp16 case (25 s compile cap)
 #   sweeps/   batch, hidden, layers and packed sweeps, LSTM fp16, both modes, short timing
 #   seq/      the sequence-length sweep (16..4096), LSTM fp16, fused sequence path and cuDNN only
-# Each writes bench.json, bench.csv, bench.md, bench.png (with matplotlib) and a log under
-# OUTPUT_DIR; the summary table comes last. Every stage has a time limit (worst case about
-# 8.7 minutes in all; these limits are estimates, not yet checked on a GPU); a benchmark
-# stopped at its limit still writes the cases it finished.
+# Each benchmark writes bench.json, bench.csv, bench.md, bench.png (with matplotlib) under
+# OUTPUT_DIR/NAME/; the summary table comes last (also in summary.txt). Worst case about 8.7
+# minutes in all (these limits are estimates, not yet checked on a GPU); a benchmark stopped at
+# its limit still writes the cases it finished. Exit status 1 when no benchmark wrote results.
+#
+# REHEARSE=1 runs every stage above through the same commands on the CPU, in Triton's
+# interpreter (TRITON_INTERPRET=1), so that a mistake in this script shows up without a GPU:
+# no GPU check, a small test subset (tests/kernels/test_launch.py unless TESTS is set), and each
+# benchmark on tiny cases (T=4 B=2 I=4 H=8 as given, a sweep replacing its own axis, --quick, a
+# 15 s compile cap) starting no new case after REHEARSE_BUDGET_S seconds (default 2: one or a
+# few cases each). Its timings mean nothing. Its install stage is the real one (pip install -e .
+# into the Python that runs it); INSTALL=checkout leaves that environment alone. About a minute
+# on 2 cores, up to half of it torch.compile's stage; tests/bench/test_gpu_run.py runs it
+# (INSTALL=checkout, 0.5 s budgets).
 set -uo pipefail
 
 out="${OUT:-${1:-}}"
 if [ -z "$out" ]; then
-    echo "usage: benchmarks/gpu_run.sh OUTPUT_DIR (or set OUT)" >&2
+    echo "usage: benchmarks/gpu_run.sh OUTPUT_DIR (or set OUT); REHEARSE=1 for a CPU rehearsal" >&2
     exit 2
 fi
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-cd "$(dirname "$0")/.."
-unset TRITON_INTERPRET
+cd "$(dirname "$0")/.." || exit 2
+repo="$(pwd)"
 py="${PYTHON:-python}"
+rehearse="${REHEARSE:-0}"
+[ "$rehearse" = 0 ] && rehearse=""
+if [ -n "$rehearse" ]; then
+    export TRITON_INTERPRET=1
+else
+    unset TRITON_INTERPRET
+fi
 
 log() { echo "[gpu_run $(date +%T)] $*" | tee -a "$out/gpu_run.log"; }
 
-# stage NAME SECONDS COMMAND...: run COMMAND with a time limit, its output in NAME.log.
+# stage NAME SECONDS COMMAND...: run COMMAND with a time limit, its output in NAME.log; its exit status in $rc.
+rc=0
 stage() {
-    local name=$1 limit=$2 rc
+    local name=$1 limit=$2
     shift 2
     log "$name (limit ${limit} s): $*"
     timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
@@ -42,25 +70,72 @@ stage() {
     fi
 }
 
-if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    log "torch sees no GPU: nothing to do (without a GPU use: make bench)"
+if [ -n "$rehearse" ]; then
+    log "REHEARSAL: every stage on the CPU in Triton's interpreter, tiny sizes; the timings mean nothing"
+    "$py" -c 'import torch, triton; print("CPU rehearsal | torch", torch.__version__, "| triton", triton.__version__)' \
+        | tee -a "$out/gpu_run.log"
+else
+    if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+        log "torch sees no GPU: nothing to do (without a GPU use: make bench; to rehearse this script: REHEARSE=1)"
+        exit 1
+    fi
+    "$py" -c 'import torch, triton; print("GPU:", torch.cuda.get_device_name(), "| torch", torch.__version__,
+              "| triton", triton.__version__)' | tee -a "$out/gpu_run.log"
+fi
+
+# Install, or run from the checkout where the editable install is not possible.
+install="${INSTALL:-auto}"
+why="INSTALL=$install"
+if [ "$install" != checkout ]; then
+    stage install 60 "$py" -m pip install --no-deps --no-build-isolation -e .
+    why="the editable install failed, exit status $rc, see install.log"
+    grep -q "invalid command 'bdist_wheel'" "$out/install.log" 2>/dev/null \
+        && why="$why; this setuptools has no bdist_wheel: no wheel package"
+fi
+if [ "$install" = checkout ] || [ "$rc" -ne 0 ]; then
+    shim="$out/pythonpath"
+    rm -rf "$shim"
+    mkdir -p "$shim/fused_rnn"
+    for f in "$repo"/fused_rnn/*; do
+        [ "$(basename "$f")" = __pycache__ ] || ln -s "$f" "$shim/fused_rnn/"
+    done
+    ln -s "$repo/kernels" "$shim/fused_rnn/kernels"
+    export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
+    log "install: running from the checkout ($why): PYTHONPATH=$shim PYTHONSAFEPATH=1"
+else
+    log "install: editable install (pip install -e .)"
+fi
+if ! where="$("$py" -c 'import fused_rnn, fused_rnn.kernels; print(fused_rnn.__file__)' 2>&1)"; then
+    log "fused_rnn does not import: $where"
+    [ -n "${PYTHONSAFEPATH:-}" ] && log "(running from the checkout needs Python >= 3.11, for PYTHONSAFEPATH)"
     exit 1
 fi
-"$py" -c 'import torch, triton; print("GPU:", torch.cuda.get_device_name(), "| torch", torch.__version__,
-          "| triton", triton.__version__)' | tee -a "$out/gpu_run.log"
+log "fused_rnn imports from $where"
 
-stage install 60 "$py" -m pip install --no-deps --no-build-isolation -e .
-stage tests 100 "$py" -m pytest -q -p no:cacheprovider tests
+if [ -n "${TESTS:-}" ]; then
+    read -ra tests <<<"$TESTS"
+elif [ -n "$rehearse" ]; then
+    tests=(tests/kernels/test_launch.py)
+else
+    tests=(tests)
+fi
+stage tests 100 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
 
 bench=("$py" -m fused_rnn.bench)
+# shellcheck disable=SC2054  # one argument: the comma-separated list
 fast=(--impl sequence,stepwise,cudnn,native)
-stage default 120 "${bench[@]}" "${fast[@]}" --budget-s 100 --out "$out/default"
+# Rehearsal: tiny cases as given (not scaled for the interpreter), short timing, a short budget per benchmark.
+# These come last on each command line, so they override the real run's budgets.
+tiny=()
+[ -n "$rehearse" ] && tiny=(--seq 4 --batch 2 --input 4 --hidden 8 --no-scale --quick --compile-cap 15
+                            --budget-s "${REHEARSE_BUDGET_S:-2}")
+stage default 120 "${bench[@]}" "${fast[@]}" --budget-s 100 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
 stage compile 90 "${bench[@]}" --impl sequence,stepwise,cudnn,native,compile --cell lstm --dtype fp16 \
-    --compile-cap 25 --out "$out/compile"
+    --compile-cap 25 --out "$out/compile" ${tiny[@]+"${tiny[@]}"}
 stage sweeps 100 "${bench[@]}" "${fast[@]}" --sweep batch,hidden,layers,packed --cell lstm --dtype fp16 --quick \
-    --budget-s 85 --out "$out/sweeps"
+    --budget-s 85 --out "$out/sweeps" ${tiny[@]+"${tiny[@]}"}
 stage seq 50 "${bench[@]}" --impl sequence,cudnn --sweep seq --cell lstm --dtype fp16 --quick --budget-s 40 \
-    --out "$out/seq"
+    --out "$out/seq" ${tiny[@]+"${tiny[@]}"}
 
 log "tests: $(tail -n 1 "$out/tests.log")"
 shown=()
