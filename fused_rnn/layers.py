@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import autocast, cell_ops, packing, sequence_ops
+from . import autocast, cell_ops, packing, reference, sequence_ops
 from .backend import triton_runs_on
 from .dispatch import choose_path, on_rocm
 from .path_report import log_call
@@ -48,42 +48,8 @@ def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, 
     return F.linear(x, w_ih, b_ih + b_hh), None
 
 
-def _reverse_index(lengths: Tensor, T: int) -> Tensor:
-    """(T, B) time index that reverses each row within its length (an involution)."""
-    t = torch.arange(T, device=lengths.device)[:, None]
-    return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-
-
-def _stepwise(cell: int, xp, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: bool):
-    """One layer and direction as a Python loop over time of a matmul and the fused cell op."""
-    T = xp.shape[0]
-    if reverse:
-        idx = _reverse_index(lengths, T)
-        xp = xp.gather(0, idx[..., None].expand_as(xp))
-    valid = (torch.arange(T, device=xp.device)[:, None] < lengths[None, :])[..., None]
-    if cell == K.GRU and b_hn is not None:
-        b_h = torch.cat([torch.zeros_like(b_hn), torch.zeros_like(b_hn), b_hn])
-        b_i = torch.zeros_like(b_h)
-    else:
-        b_i = b_h = None
-    h, c, ys = h0, c0, []
-    for t in range(T):
-        hg = F.linear(h, w_hh)
-        if cell == K.LSTM:
-            h_new, c_new = cell_ops.lstm_cell(xp[t], hg, None, None, c)
-            if w_hr is not None:
-                h_new = F.linear(h_new, w_hr)
-            c = torch.where(valid[t], c_new, c)
-        elif cell == K.GRU:
-            h_new = cell_ops.gru_cell(xp[t], hg, b_i, b_h, h)
-        else:
-            h_new = cell_ops.rnn_cell(xp[t], hg, None, None, cell == K.RNN_RELU)
-        h = torch.where(valid[t], h_new, h)
-        ys.append(torch.where(valid[t], h_new, torch.zeros_like(h_new)))
-    y = torch.stack(ys)
-    if reverse:
-        y = y.gather(0, idx[..., None].expand_as(y))
-    return y, h, c
+# The layers' stepwise path: reference.sequence's time loop over the fused cell ops.
+STEPWISE_CELLS = (cell_ops.lstm_cell, cell_ops.gru_cell, cell_ops.rnn_cell)
 
 
 def _differentiated(*tensors: Tensor | None) -> bool:
@@ -114,7 +80,9 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             xp, b_hn = _project(x, w_ih, b_ih, b_hh, cell)
             c_init = c0[k] if c0 is not None else None
             if path == "stepwise":
-                y, h, c = _stepwise(cell, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1)
+                y, h, c = reference.sequence(
+                    module.mode, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1, STEPWISE_CELLS
+                )
             else:
                 save = _differentiated(xp, w_hh, b_hn, w_hr, h0[k], c_init)  # else the gates are not written
                 y, h, c, *_ = sequence_ops.sequence(xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, cell, d == 1, save)

@@ -6,6 +6,13 @@ state gradient, then takes the weight gradient from one GEMM over the whole
 sequence. The input projection (x W_ih^T + biases) is a torch GEMM outside
 the op, so autograd gives dX, dW_ih and the bias gradients from the gate
 gradients with one GEMM each.
+
+Double backward: when the backward itself is being recorded
+(``create_graph=True``), the op's input gradients come instead from autograd
+through a plain-torch recomputation of the layer-direction over time
+(``reference.sequence`` with the reference cells), keeping its graph, so
+gradients of gradients work to any order. For that the op keeps its input xp
+(and GRU's b_hn) for backward. Without create_graph the Triton kernel runs.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import reference
+from .cell_ops import _differentiable_grads
 from .kernels import sequence_kernels as K
 
 LSTM, GRU = K.LSTM, K.GRU
+MODES = {cell: mode for mode, cell in K.CELLS.items()}  # torch.nn's mode name of each cell id
 
 
 @torch.library.custom_op("fused_rnn::sequence", mutates_args=())
@@ -95,17 +105,34 @@ def _setup(ctx, inputs, output) -> None:
     y, h_n, c_n, ws, cs, ms = output
     ctx.cell, ctx.reverse, ctx.has_bhn = cell, reverse, b_hn is not None
     ctx.mark_non_differentiable(ws, cs, ms)
-    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms)
+    # xp and b_hn only for double backward (_recomputed_grads); the kernel's backward does not read them.
+    ctx.save_for_backward(xp, b_hn, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms)
+
+
+def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
+    """The op's input gradients by autograd through ``reference.sequence``, keeping the graph (double backward).
+
+    Half types recompute in fp32, as the kernels compute; the gradients come back in the inputs' dtypes.
+    """
+    xp, b_hn, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors[:7]
+    mode, reverse, dtype = MODES[ctx.cell], ctx.reverse, xp.dtype
+    acc = _acc(xp)
+
+    def recurrence(*inputs: Tensor | None) -> tuple[Tensor, ...]:
+        with torch.autocast(xp.device.type, enabled=False):
+            inputs = [t.to(acc) if t is not None else None for t in inputs]
+            y, h_n, c_n = reference.sequence(mode, *inputs, lengths, reverse)
+        outs = (y, h_n) if c_n is None else (y, h_n, c_n)
+        return tuple(o.to(dtype) for o in outs)
+
+    grads = (dy, dh_n, dc_n) if ctx.cell == LSTM else (dy, dh_n)
+    return _differentiable_grads(recurrence, (xp, w_hh, b_hn, w_hr, h0, c0), grads, ctx.needs_input_grad[:6])
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
-    w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        raise NotImplementedError(
-            "double backward (create_graph=True) through fused_rnn's sequence kernels is not supported yet; "
-            "run the layer on the stepwise path (`with fused_rnn.force_path('stepwise'):`), whose fused cells "
-            "support it"
-        )
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        return (*_recomputed_grads(ctx, dy, dh_n, dc_n), None, None, None, None)
+    _xp, _b_hn, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms = ctx.saved_tensors
     cell = ctx.cell
     dg, dh0, dc0, dhs = sequence_backward(
         dy, dh_n, dc_n if cell == LSTM else None, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, ctx.reverse
