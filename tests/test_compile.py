@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import fused_path_only
-from helpers import TOL, rel_err
+from helpers import assert_close, assert_kernels, kernels_of
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
@@ -63,9 +63,9 @@ def assert_compiles_once_and_matches_eager(model, run, calls) -> None:
         expected = run(model, *args)
         with fused_path_only() as launches:
             got = run(compiled, *args)
-        assert launches.total > 0
-        for a, b in zip(got, expected):
-            assert rel_err(a, b) <= TOL[torch.float32], f"{label}: {rel_err(a, b):.2e}"
+        assert_kernels(launches, kernels_of(model))
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_close(a, b, torch.float32, f"{label}: result {i}")
         frames.append(counter.frame_count)
     assert torch._dynamo.config.allow_rnn is False, "fused_rnn must not set Dynamo's global switch"
     assert frames[0] == frames[1] == frames[2], f"new batch sizes and lengths must not recompile: {frames}"
