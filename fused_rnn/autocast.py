@@ -6,6 +6,12 @@ float64) is cast to the autocast dtype of its device (fp16 or bf16), and the
 op runs with autocast off. Inside, the kernels keep the recurrent state and
 the gate math in fp32. The modules then return the dtypes torch.nn's modules
 return under the same autocast (``output_dtype``).
+
+``fused_rnn::sequence`` takes the layer input x, W_ih and both biases with the
+rest (its input projection is inside it): all are lowered, so the projection
+runs in the autocast dtype as an F.linear under autocast would, the biases
+being summed after lowering, and the op keeps the lowered x for backward, as
+that F.linear would.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ batch_first, unbatched, PackedSequence) and outputs. Where the Triton kernels
 cannot run (CPU tensors without the interpreter) the parent's forward runs.
 torch.compile traces them with no Dynamo setting (``let_dynamo_trace_fused_layers``).
 
-Per layer and direction: one GEMM for the input projection of the whole
-sequence (biases folded in, except GRU's b_hn), then one launch of
-``fused_rnn::sequence`` (or the stepwise path, see ``dispatch``). A
+Per layer and direction: one ``fused_rnn::sequence`` op, which makes one GEMM
+for the input projection of the whole sequence (biases folded in, except
+GRU's b_hn) and one kernel launch for the time loop (or the stepwise path, see
+``dispatch``: the same projection, ``sequence_ops.project``, then a loop). A
 PackedSequence is scattered once into a padded (T, B) layout with a lengths
 vector (``packing``); the kernels handle the lengths.
 """
@@ -25,27 +26,12 @@ from torch.nn.utils.rnn import PackedSequence
 from . import autocast, cell_ops, packing, reference, sequence_ops
 from .backend import triton_runs_on
 from .dispatch import choose_path, on_rocm
-from .path_report import log_call
 from .kernels import sequence_kernels as K
+from .path_report import log_call
 
 
 def _cell_id(module: nn.RNNBase) -> int:
     return K.CELLS[module.mode]
-
-
-def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:
-    """Input projection of the whole sequence, (T, B, I) -> (T, B, G), with the biases folded in.
-
-    GRU keeps b_hn apart (it sits inside r * (W_hn h + b_hn)); it is returned separately.
-    """
-    if b_ih is None:
-        return F.linear(x, w_ih), None
-    if cell == K.GRU:
-        hidden = w_ih.shape[0] // 3
-        b_hn = b_hh[2 * hidden :]
-        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
-        return F.linear(x, w_ih, bias), b_hn
-    return F.linear(x, w_ih, b_ih + b_hh), None
 
 
 # The layers' stepwise path: reference.sequence's time loop over the fused cell ops.
@@ -77,15 +63,16 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             w_ih, w_hh = w[0], w[1]
             b_ih, b_hh = (w[2], w[3]) if module.bias else (None, None)
             w_hr = w[-1] if proj > 0 else None
-            xp, b_hn = _project(x, w_ih, b_ih, b_hh, cell)
             c_init = c0[k] if c0 is not None else None
             if path == "stepwise":
+                xp, b_hn = sequence_ops.project(x, w_ih, b_ih, b_hh, cell)
                 y, h, c = reference.sequence(
                     module.mode, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1, STEPWISE_CELLS
                 )
-            else:
-                save = _differentiated(xp, w_hh, b_hn, w_hr, h0[k], c_init)  # else the gates are not written
-                y, h, c, *_ = sequence_ops.sequence(xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, cell, d == 1, save)
+            else:  # the op projects x itself and keeps x, not the projection, for backward
+                inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[k], c_init)
+                save = _differentiated(*inputs)  # else the gates are not written
+                y, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, d == 1, save)
             outs.append(y)
             h_n.append(h)
             c_n.append(c)

@@ -92,8 +92,8 @@ def sequence(
     mode: str, xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
     lengths: Tensor, reverse: bool, cells: tuple[Callable, Callable, Callable] = CELLS,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One layer and direction over time, as ``fused_rnn::sequence`` computes it; mode is torch.nn's
-    ("LSTM", "GRU", "RNN_TANH", "RNN_RELU").
+    """One layer and direction over time, as ``fused_rnn::sequence`` computes it after its input projection
+    (``sequence_ops.project``); mode is torch.nn's ("LSTM", "GRU", "RNN_TANH", "RNN_RELU").
 
     xp (T, B, G) the input projection with the foldable biases added, w_hh (G, R), b_hn (H,) GRU's hidden-side
     bias of n or None, w_hr (R, H) LSTM's projection or None (then R = H), h0 (B, R), c0 (B, H) or None (zeros;

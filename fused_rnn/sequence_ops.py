@@ -1,23 +1,32 @@
 """One recurrent layer and direction over a whole sequence, as a torch.library custom op.
 
-``fused_rnn::sequence`` runs the time loop in one Triton launch; its autograd
-runs the reverse-time Triton kernel for the gate gradients and the carried
-state gradient, then takes the weight gradient from one GEMM over the whole
-sequence. The input projection (x W_ih^T + biases) is a torch GEMM outside
-the op, so autograd gives dX, dW_ih and the bias gradients from the gate
-gradients with one GEMM each.
+``fused_rnn::sequence`` takes the layer input x (T, B, I) and the layer's
+weights. It computes the input projection of the whole sequence,
+xp = x W_ih^T + the foldable biases (``project``: one torch GEMM; GRU keeps
+b_hn, the hidden-side bias of n, apart), then runs the time loop in one Triton
+launch. Its autograd runs the reverse-time Triton kernel for the gate
+gradients and the carried state gradient, then takes the weight gradients
+from one GEMM each over the whole sequence: dW_hh from the states each step
+read, and, for the projection, dX = dG_x W_ih, dW_ih = dG_x^T X and the bias
+gradients as column sums, as autograd through a torch F.linear would.
+
+What the op keeps for backward is what the kernels' backward and those GEMMs
+read: x (which an F.linear outside the op would keep too), the weights, the
+states, y and the saved gates (and cell states) when training. The projection
+xp itself is a temporary of the forward: it is not kept.
 
 Double backward: when the backward itself is being recorded
 (``create_graph=True``), the op's input gradients come instead from autograd
-through a plain-torch recomputation of the layer-direction over time
-(``reference.sequence`` with the reference cells), keeping its graph, so
-gradients of gradients work to any order. For that the op keeps its input xp
-(and GRU's b_hn) for backward. Without create_graph the Triton kernel runs.
+through a plain-torch recomputation of the layer-direction over time from the
+saved x and weights (``project``, then ``reference.sequence`` with the
+reference cells), keeping its graph, so gradients of gradients work to any
+order. Without create_graph the Triton kernel runs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference
@@ -28,18 +37,36 @@ LSTM, GRU = K.LSTM, K.GRU
 MODES = {cell: mode for mode, cell in K.CELLS.items()}  # torch.nn's mode name of each cell id
 
 
+def project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:
+    """Input projection of the whole sequence, (T, B, I) -> (T, B, G), with the biases folded in.
+
+    GRU keeps b_hn apart (it sits inside r * (W_hn h + b_hn)); it is returned separately. The op's forward,
+    its double-backward recomputation and the layers' stepwise path all project with this.
+    """
+    if b_ih is None:
+        return F.linear(x, w_ih), None
+    if cell == GRU:
+        hidden = w_ih.shape[0] // 3
+        b_hn = b_hh[2 * hidden :]
+        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
+        return F.linear(x, w_ih, bias), b_hn
+    return F.linear(x, w_ih, b_ih + b_hh), None
+
+
 @torch.library.custom_op("fused_rnn::sequence", mutates_args=())
 def sequence(
-    xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
-    lengths: Tensor, cell: int, reverse: bool, save: bool,
+    x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
+    h0: Tensor, c0: Tensor | None, lengths: Tensor, cell: int, reverse: bool, save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """xp (T, B, G), w_hh (G, R), b_hn (H,) GRU only, w_hr (R, H) LSTM projection or None (then R = H),
-    h0 (B, R), c0 (B, H), lengths (B,) int64.
+    """x (T, B, I), w_ih (G, I), b_ih and b_hh (G,) or both None, w_hh (G, R), w_hr (R, H) LSTM projection or
+    None (then R = H), h0 (B, R), c0 (B, H) or None (LSTM), lengths (B,) int64.
 
     Returns y (T, B, R), h_n (B, R), c_n (B, H) (empty unless LSTM), and what
     backward needs: the saved gates and cell states (empty unless ``save``,
     which a caller that will not differentiate clears) and the pre-projection outputs.
+    The input projection (``project``) is computed here and not kept.
     """
+    xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
     y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save)
     return y, h_n, c_n, ws, cs, ms
 
@@ -60,18 +87,20 @@ def _acc(t: Tensor) -> torch.dtype:
 
 
 @sequence.register_fake
-def _(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save):
-    T, B, _ = xp.shape
+def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save):
+    T, B, _ = x.shape
     R = w_hh.shape[1]
     H = w_hr.shape[1] if w_hr is not None else R
-    acc = _acc(xp)
+    dtype = torch.promote_types(x.dtype, w_ih.dtype)  # xp's, F.linear's result
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     lstm = cell == LSTM
     saved = K.SAVED[cell] * H if save else 0
     return (
-        xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty((B, H) if lstm else (0,)),
-        xp.new_empty((T, B, saved) if saved else (0,), dtype=acc),
-        xp.new_empty((T, B, H) if lstm and save else (0,), dtype=acc),
-        xp.new_empty((T, B, H) if w_hr is not None else (0,)),
+        x.new_empty(T, B, R, dtype=dtype), x.new_empty(B, R, dtype=dtype),
+        x.new_empty((B, H) if lstm else (0,), dtype=dtype),
+        x.new_empty((T, B, saved) if saved else (0,), dtype=acc),
+        x.new_empty((T, B, H) if lstm and save else (0,), dtype=acc),
+        x.new_empty((T, B, H) if w_hr is not None else (0,), dtype=dtype),
     )
 
 
@@ -100,39 +129,50 @@ def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Te
     return prev.index_put((lengths - 1, rows), h0)
 
 
+# The op's differentiable tensor inputs, in order: what backward returns gradients for (then 4 Nones).
+INPUTS = ("x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "h0", "c0")
+
+
 def _setup(ctx, inputs, output) -> None:
-    xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, _save = inputs
-    y, h_n, c_n, ws, cs, ms = output
-    ctx.cell, ctx.reverse, ctx.has_bhn = cell, reverse, b_hn is not None
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, _save = inputs
+    y, _h_n, _c_n, ws, cs, ms = output
+    ctx.cell, ctx.reverse = cell, reverse
     ctx.mark_non_differentiable(ws, cs, ms)
-    # xp and b_hn only for double backward (_recomputed_grads); the kernel's backward does not read them.
-    ctx.save_for_backward(xp, b_hn, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms)
+    # x and w_ih for dW_ih and dX (as F.linear's autograd would keep them), the biases (parameters) for the
+    # double-backward recomputation; not xp, which the forward computed and dropped.
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms)
 
 
 def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
-    """The op's input gradients by autograd through ``reference.sequence``, keeping the graph (double backward).
+    """The op's input gradients by autograd through ``project`` and ``reference.sequence``, keeping the graph
+    (double backward).
 
     Half types recompute in fp32, as the kernels compute; the gradients come back in the inputs' dtypes.
     """
-    xp, b_hn, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors[:7]
-    mode, reverse, dtype = MODES[ctx.cell], ctx.reverse, xp.dtype
-    acc = _acc(xp)
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors[:9]
+    cell, reverse, dtype = ctx.cell, ctx.reverse, ctx.saved_tensors[9].dtype  # y's: the outputs' dtype
+    acc = _acc(x)
 
-    def recurrence(*inputs: Tensor | None) -> tuple[Tensor, ...]:
-        with torch.autocast(xp.device.type, enabled=False):
-            inputs = [t.to(acc) if t is not None else None for t in inputs]
-            y, h_n, c_n = reference.sequence(mode, *inputs, lengths, reverse)
+    def recurrence(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0) -> tuple[Tensor, ...]:
+        with torch.autocast(x.device.type, enabled=False):
+            x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0 = (
+                t.to(acc) if t is not None else None for t in (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
+            )
+            xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
+            y, h_n, c_n = reference.sequence(MODES[cell], xp, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
         outs = (y, h_n) if c_n is None else (y, h_n, c_n)
         return tuple(o.to(dtype) for o in outs)
 
-    grads = (dy, dh_n, dc_n) if ctx.cell == LSTM else (dy, dh_n)
-    return _differentiable_grads(recurrence, (xp, w_hh, b_hn, w_hr, h0, c0), grads, ctx.needs_input_grad[:6])
+    grads = (dy, dh_n, dc_n) if cell == LSTM else (dy, dh_n)
+    inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
+    return _differentiable_grads(recurrence, inputs, grads, ctx.needs_input_grad[: len(INPUTS)])
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
         return (*_recomputed_grads(ctx, dy, dh_n, dc_n), None, None, None, None)
-    _xp, _b_hn, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms = ctx.saved_tensors
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms = ctx.saved_tensors
+    need = dict(zip(INPUTS, ctx.needs_input_grad))
     cell = ctx.cell
     dg, dh0, dc0, dhs = sequence_backward(
         dy, dh_n, dc_n if cell == LSTM else None, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, ctx.reverse
@@ -140,19 +180,34 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     T, B, R = y.shape
     H = ms.shape[-1] if w_hr is not None else R
     if cell == GRU:
-        d_xp = dg[..., : 3 * H]
+        d_xp = dg[..., : 3 * H]  # the gradient of xp (r, z, n input sides)
         d_hidden = torch.cat([dg[..., : 2 * H], dg[..., 3 * H :]], dim=-1)
-        d_bhn = dg[..., 3 * H :].sum((0, 1)) if ctx.has_bhn else None
     else:
-        d_xp, d_hidden, d_bhn = dg, dg, None
+        d_xp, d_hidden = dg, dg
+    G, I = d_xp.shape[-1], x.shape[-1]
+    d_xp2 = d_xp.reshape(T * B, G)
+    # The input projection's gradients, as F.linear's autograd gave them (project: xp = x W_ih^T + bias).
+    d_x = d_wi = d_bi = d_bh = None
+    if need["x"]:
+        d_x = d_xp2.mm(w_ih.to(d_xp2.dtype)).view(T, B, I).to(x.dtype)
+    if need["w_ih"]:
+        d_wi = d_xp2.t().mm(x.reshape(T * B, I).to(d_xp2.dtype)).to(w_ih.dtype)
+    if b_ih is not None and (need["b_ih"] or need["b_hh"]):
+        d_bias = d_xp2.sum(0)  # the folded bias's: b_ih's, and b_hh's where it is folded
+        d_bi = d_bias.to(b_ih.dtype) if need["b_ih"] else None
+        if need["b_hh"]:
+            if cell == GRU:  # b_hh[:2H] folded into xp, b_hh[2H:] = b_hn from the hidden-side n gradients
+                d_bh = torch.cat([d_bias[: 2 * H], dg[..., 3 * H :].sum((0, 1))]).to(b_hh.dtype)
+            else:
+                d_bh = d_bias.to(b_hh.dtype)
     d_w = d_wr = None
-    if ctx.needs_input_grad[1]:
+    if need["w_hh"]:
         h_prev = previous_states(y, h0, lengths, ctx.reverse)
         d_w = d_hidden.reshape(T * B, d_hidden.shape[-1]).t().mm(h_prev.reshape(T * B, R).to(d_hidden.dtype))
-    if w_hr is not None and ctx.needs_input_grad[3]:
+    if w_hr is not None and need["w_hr"]:
         d_wr = dhs.reshape(T * B, R).t().mm(ms.reshape(T * B, H))
     d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None
-    return d_xp, d_w, d_bhn, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None
+    return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None
 
 
 sequence.register_autograd(_backward, setup_context=_setup)

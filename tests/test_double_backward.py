@@ -1,9 +1,10 @@
 """Double backward (create_graph=True) through the fused_rnn::sequence op and every fused layer kind.
 
 Under create_graph the op's backward is autograd through a plain-torch recomputation of the layer-direction
-(fused_rnn/reference.py ``sequence``), keeping its graph; without it the Triton backward kernel runs. Checked:
-gradgradcheck in float64 on small shapes (the interpreter is slow) at the op level (every cell, both
-directions, lengths, projection) and per layer kind; second-order gradients of the input, h0/c0 and every
+from its saved input x and weights (``sequence_ops.project``, then fused_rnn/reference.py ``sequence``), keeping
+its graph; without it the Triton backward kernel runs. Checked: gradgradcheck in float64 on small shapes (the
+interpreter is slow) at the op level (every cell, both directions, lengths, projection; the inputs x, W_ih and
+both biases, the input projection being inside the op, W_hh, W_hr, h0, c0) and per layer kind; second-order gradients of the input, h0/c0 and every
 parameter equal torch.nn's own (its CPU RNNs are twice differentiable) to the fp64 tolerance; and which
 kernels run, by name.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from conftest import fused_path_only
-from fused_rnn.kernels.sequence_kernels import CELLS, GATES, GRU, LSTM
+from fused_rnn.kernels.sequence_kernels import CELLS, GATES, LSTM
 from helpers import assert_close
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -24,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import fused_rnn
 from fused_rnn import sequence_ops
 
-T, B, H = 3, 3, 3
+T, B, H, I = 3, 3, 3, 2
 LENGTHS = [T, 2, 1]
 F64 = torch.float64
 
@@ -58,28 +59,26 @@ def gradgradcheck(fn: Callable, tensors: list[torch.Tensor], flat_from: int | No
 
 
 def op_inputs(cell: int, device: str, proj: int = 0) -> tuple:
-    """(xp, w_hh, b_hn, w_hr, h0, c0) in float64, requiring grad; b_hn GRU only, w_hr with ``proj``, c0 LSTM."""
+    """(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0) in float64, requiring grad; w_hr with ``proj``, c0 LSTM."""
     torch.manual_seed(3)
 
     def t(*shape):
         return torch.randn(*shape, dtype=F64, device=device, requires_grad=True)
 
-    r = proj or H
-    xp = t(T, B, GATES[cell] * H)
+    r, g = proj or H, GATES[cell] * H
+    x, w_ih, b_ih, b_hh, w_hh = t(T, B, I), t(g, I), t(g), t(g), t(g, r)
     if cell == CELLS["RNN_RELU"]:  # pre-activations away from relu's kink, where finite differences fail
-        xp = (xp.detach() + 2.0).requires_grad_()
-    w_hh = t(GATES[cell] * H, r)
-    if cell == CELLS["RNN_RELU"]:
-        w_hh = (0.2 * w_hh.detach()).requires_grad_()
-    return (xp, w_hh, t(H) if cell == GRU else None, t(r, H) if proj else None, t(B, r),
-            t(B, H) if cell == LSTM else None)
+        w_ih, w_hh = (0.2 * w_ih.detach()).requires_grad_(), (0.2 * w_hh.detach()).requires_grad_()
+        b_ih = (b_ih.detach().abs() + 2.0).requires_grad_()
+        b_hh = (b_hh.detach().abs()).requires_grad_()
+    return (x, w_ih, b_ih, b_hh, w_hh, t(r, H) if proj else None, t(B, r), t(B, H) if cell == LSTM else None)
 
 
 def op_function(cell: int, reverse: bool, lengths: torch.Tensor) -> Callable:
     """The op's differentiable outputs (y, h_n[, c_n]) as a function of its tensor inputs."""
 
-    def fn(xp, w_hh, b_hn, w_hr, h0, c0):
-        y, h_n, c_n, *_ = sequence_ops.sequence(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, True)
+    def fn(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0):
+        y, h_n, c_n, *_ = sequence_ops.sequence(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, True)
         return (y, h_n, c_n) if cell == LSTM else (y, h_n)
 
     return fn
@@ -93,7 +92,8 @@ OP_CASES = [(cell, reverse, 0) for cell in CELLS for reverse in (False, True)] +
 @pytest.mark.parametrize("cell,reverse,proj", OP_CASES,
                          ids=[f"{c}-{'reverse' if r else 'forward'}{'-proj' if p else ''}" for c, r, p in OP_CASES])
 def test_op_gradgradcheck(cell: str, reverse: bool, proj: int, device):
-    """Every cell, both directions, rows of lengths 3, 2, 1; LSTM with a projection (R = 2 < H = 3)."""
+    """Every cell, both directions, rows of lengths 3, 2, 1; LSTM with a projection (R = 2 < H = 3). The op's
+    inputs include x, W_ih and both biases: the input projection is inside the op."""
     cid = CELLS[cell]
     inputs = op_inputs(cid, device, proj)
     lengths = torch.tensor(LENGTHS, device=device)
@@ -135,9 +135,6 @@ def test_op_first_backward_under_create_graph_equals_the_kernels(cell: str, devi
 # ------------------------------------------------------------------------------------------------------------
 # The layers
 # ------------------------------------------------------------------------------------------------------------
-
-I = 2
-
 
 @dataclass
 class Case:

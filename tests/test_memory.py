@@ -1,4 +1,5 @@
-"""No leaks: memory stays flat over repeated calls, saved tensors die with their graph, no_grad saves nothing.
+"""No leaks: memory stays flat over repeated calls, saved tensors die with their graph, no_grad saves nothing;
+a training forward keeps no more than each layer's input and what the kernels' backward reads.
 
 Tensors are tracked by a TorchDispatchMode that keeps a weak reference to
 every tensor an op returns inside the call (the custom ops' outputs, the
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 from conftest import fused_path_only
+from fused_rnn.kernels import sequence_kernels as K
 from helpers import assert_kernels, kernels_of
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -133,6 +135,86 @@ def test_no_grad_and_inference_mode_save_nothing(name: str, mode, device: str):
         gates = recorder.numels_of(SEQUENCE_OP, GATE_BUFFERS)
         assert len(gates) == (0 if name.endswith("Cell") else 2 * (2 if name == "LSTM_proj" else 1))
         assert not any(gates), f"gate buffers written without autograd: {gates}"
+
+
+SAVING = {
+    "LSTM": lambda d: fused_rnn.LSTM(3, 4).to(d),
+    "LSTM_proj": MODULES["LSTM_proj"],
+    "GRU": MODULES["GRU"],
+    "RNN": MODULES["RNN"],
+    "GRU_2_layers_bidirectional": lambda d: fused_rnn.GRU(3, 4, num_layers=2, bidirectional=True).to(d),
+    "RNN_2_layers": lambda d: fused_rnn.RNN(3, 4, num_layers=2).to(d),
+}
+
+
+def _expected_saved_bytes(module: nn.RNNBase, T: int, B: int, I: int) -> dict[str, int]:
+    """What a float32 training forward keeps for backward besides the parameters, per kind, in bytes.
+
+    The layer inputs: the module's x, and for deeper layers the previous layer's output, which is an output of
+    the op already (y) unless bidirectional (then the concatenation of both directions); per layer and
+    direction the op's outputs that backward reads: y (R), the gates (K.SAVED H), c (H, LSTM) and m (H, with a
+    projection); the initial states; lengths. That is the memory of before the input projection's output xp
+    (T, B, G) was kept: F.linear's autograd kept x, not xp.
+    """
+    H, L = module.hidden_size, module.num_layers
+    R, D = module.proj_size or H, 2 if module.bidirectional else 1
+    lstm, cell = module.mode == "LSTM", K.CELLS[module.mode]
+    per_op = R + K.SAVED[cell] * H + (H if lstm else 0) + (H if module.proj_size else 0)
+    tokens = T * B
+    return {
+        "layer inputs": 4 * tokens * (I + (L - 1) * (D * R if D == 2 else 0)),
+        "op outputs": 4 * tokens * L * D * per_op,
+        "states": 4 * L * D * B * (R + (H if lstm else 0)),
+        "lengths": 8 * B,
+    }
+
+
+@pytest.mark.parametrize("name", SAVING)
+def test_training_keeps_the_layer_input_not_its_projection(name: str, device: str):
+    """The activations a training forward on the sequence path keeps for backward (every tensor autograd saves,
+    through saved-tensor hooks, by distinct storage, parameters aside) are each layer's input x, the op's own
+    outputs that its backward reads (y, gates, cell states, pre-projection outputs, as the Recorder sees them
+    returned by the op), the initial states and lengths, and their bytes are exactly those: no buffer of the input
+    projection xp (T, B, G values per token: 4H LSTM, 3H GRU, H RNN), which the op computes and drops. The op's
+    double backward recomputes it from x."""
+    module = SAVING[name](device)
+    T, B, I = 5, 2, 3
+    x = torch.randn(T, B, I, device=device, requires_grad=True)
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params and t.untyped_storage().nbytes():
+            saved[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with fused_rnn.force_path("sequence"):
+        _outputs(module, x)  # warm-up
+        recorder = Recorder()
+        with recorder, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fused_path_only() as launches:
+            outs = _outputs(module, x)
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    assert launches.by_kernel == {"sequence_fwd_kernel": layers}
+    op_outputs = {r().untyped_storage().data_ptr() for r in recorder.outputs_of(SEQUENCE_OP, range(6))
+                  if r() is not None}
+    layer_inputs = {x.untyped_storage().data_ptr()} | {
+        r().untyped_storage().data_ptr() for r in recorder.outputs_of("aten.cat.default", range(1)) if r() is not None
+    }
+    kinds: dict[str, int] = {}
+    for ptr, t in saved.items():
+        if ptr in layer_inputs:
+            kind = "layer inputs" if ptr not in op_outputs else "op outputs"
+        elif ptr in op_outputs:
+            kind = "op outputs"
+        elif t.dtype == torch.int64 and t.shape == (B,):
+            kind = "lengths"
+        elif t.dim() == 2 and t.shape[0] == B and t.untyped_storage().nbytes() == 4 * layers * t.numel():
+            kind = "states"  # h0[k] or c0[k], views of the (L*D, B, .) initial states
+        else:
+            kind = f"other {tuple(t.shape)} {t.dtype}"
+        kinds[kind] = kinds.get(kind, 0) + t.untyped_storage().nbytes()
+    assert kinds == _expected_saved_bytes(module, T, B, I), "saved for backward: x and the kernels' buffers only"
+    sum(o.sum() for o in outs).backward()
 
 
 def _glibc_in_use() -> Callable[[], int] | None:
