@@ -132,7 +132,8 @@ def _fresh_hook(monkeypatch) -> type:
     """Dynamo's VariableBuilder as if no fused layer had been created in this process (undone after the test)."""
     from torch._dynamo.variables.builder import VariableBuilder
 
-    monkeypatch.setattr(VariableBuilder, "wrap_module", VariableBuilder.wrap_module._fused_rnn_original)
+    original = getattr(VariableBuilder.wrap_module, "_fused_rnn_original", VariableBuilder.wrap_module)
+    monkeypatch.setattr(VariableBuilder, "wrap_module", original)
     monkeypatch.setattr(fused_rnn.layers, "_dynamo_hook_installed", False)
     return VariableBuilder
 
