@@ -295,8 +295,8 @@ def _show(value: object) -> str:
 
 
 def _sequence_path_on(case: Case, target: str) -> bool:
-    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target``: never LSTM, or GRU in
-    fp64, on AMD GPUs (only an explicit ``fused_rnn.force_path("sequence")`` overrides that); everything else,
+    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target``: never LSTM, or GRU and
+    tanh RNN in fp64, on AMD GPUs (only an explicit ``fused_rnn.force_path("sequence")`` overrides that); everything else,
     whatever the cost model picks, since ``force_path`` can launch it."""
     mode = "LSTM" if case.cell == "LSTM_PROJ" else case.cell
     rocm = TARGETS[target].backend == "hip"

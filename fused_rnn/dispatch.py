@@ -7,10 +7,11 @@
   cell kernel per step; the matmul reads W_hh with the whole GPU's bandwidth,
   but every step pays host dispatch.
 
-On AMD GPUs (ROCm) LSTM, and GRU in fp64, take the stepwise path: their
-sequence kernels spill scalar registers on gfx942 (LSTM in fp64 and with a
-projection, GRU's inference kernel in fp64; ``fused_rnn.compile_report``),
-so they are not launched there.
+On AMD GPUs (ROCm) LSTM, and GRU and tanh RNN in fp64, take the stepwise path:
+their sequence kernels spill scalar registers on gfx942 (LSTM in fp64 and with a
+projection, GRU's inference kernel in fp64, the tanh RNN's forward in fp64
+since tanh's fp64 polynomial; ``fused_rnn.compile_report``), so they are not
+launched there.
 
 The heuristic compares a cost model of one time step on each path and picks
 the cheaper one. Its constants are estimates from H100 specifications, not
@@ -54,7 +55,7 @@ def step_costs(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) 
 
 def _stepwise_on_rocm(mode: str, dtype: torch.dtype) -> bool:
     """Whether the sequence kernels of ``mode`` in ``dtype`` spill on AMD GPUs, so never run there (docstring)."""
-    return mode == "LSTM" or (mode == "GRU" and dtype == torch.float64)
+    return mode == "LSTM" or (mode in ("GRU", "RNN_TANH") and dtype == torch.float64)
 
 
 def on_rocm(device: torch.device) -> bool:

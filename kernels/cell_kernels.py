@@ -229,7 +229,10 @@ def compute_dtype(dtype: torch.dtype):
 def _grid_and_meta(n: int, hidden: int, dtype: torch.dtype) -> tuple[tuple[int, int], dict]:
     blocks = cell_blocks(n, hidden, dtype)
     grid = (triton.cdiv(n, blocks.block_n), triton.cdiv(hidden, blocks.block_h))
-    return grid, dict(BLOCK_N=blocks.block_n, BLOCK_H=blocks.block_h, num_warps=blocks.num_warps)
+    meta = dict(BLOCK_N=blocks.block_n, BLOCK_H=blocks.block_h, num_warps=blocks.num_warps)
+    if torch.version.hip is None:  # ptxas caps 256-thread kernels at 128 registers unless told (NVIDIA only)
+        meta["maxnreg"] = 255
+    return grid, meta
 
 
 def _matrix(t: torch.Tensor | None, like: torch.Tensor) -> tuple:

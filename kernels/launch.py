@@ -70,14 +70,16 @@ def cell_blocks(n: int, hidden: int, dtype: torch.dtype) -> CellBlocks:
     """Tile for the step kernels, a pure function of batch, hidden size and dtype.
 
     About 2K elements per program per gate (1K for fp64, whose values take two
-    registers) with 4 warps, so the LSTM backward's live gate values fit in
-    registers without spilling (checked by ``fused_rnn.compile_report``): wide
+    registers) with 8 warps (8 elements a thread, 4 in fp64) and, on NVIDIA,
+    every register a thread can have (the launcher's ``maxnreg``), so the live
+    gate values fit in registers (checked by ``fused_rnn.compile_report``; with
+    4 warps the accurate tanh of ``cell_math`` spilled in 7 configurations): wide
     along the hidden dimension, which is contiguous in memory, and as many rows as fit.
     """
     budget = 1024 if dtype == torch.float64 else 2048
     block_h = min(triton.next_power_of_2(max(hidden, 1)), 256)
     block_n = max(1, min(triton.next_power_of_2(max(n, 1)), budget // block_h))
-    return CellBlocks(block_n=block_n, block_h=block_h, num_warps=4)
+    return CellBlocks(block_n=block_n, block_h=block_h, num_warps=8)
 
 
 _poison = False

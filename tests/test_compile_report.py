@@ -49,7 +49,7 @@ def test_configurations_are_captured_as_on_a_gpu(report):
 
 def test_amd_gets_only_the_sequence_kernels_the_dispatcher_launches_there(report):
     """LSTM runs stepwise on AMD GPUs (fused_rnn.dispatch), so only GRU and RNN sequence kernels are compiled for
-    gfx942 (fp64 GRU neither), without NVIDIA's register option and with one pipeline stage."""
+    gfx942 (fp64 GRU and tanh RNN neither), without NVIDIA's register option and with one pipeline stage."""
     amd = [r.config for r in report.results if r.config.target == "gfx942" and r.config.kernel.startswith("sequence")]
     cells = {dict(c.constexprs)["CELL"] for c in amd}
     assert 1 in cells and 0 not in cells, cells

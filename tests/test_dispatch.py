@@ -44,11 +44,13 @@ def test_force_path():
             pass
 
 
-def test_lstm_and_fp64_gru_run_stepwise_on_amd_gpus():
+def test_lstm_and_fp64_gru_and_tanh_rnn_run_stepwise_on_amd_gpus():
     """Their sequence kernels spill scalar registers on gfx942 (compile report): never launched there."""
     assert choose_path("LSTM", 64, 0, torch.float16, rocm=True) == "stepwise"
     assert choose_path("LSTM", 64, 0, torch.float16, rocm=False) == "sequence"
     assert choose_path("GRU", 64, 0, torch.float64, rocm=True) == "stepwise"
+    assert choose_path("RNN_TANH", 64, 0, torch.float64, rocm=True) == "stepwise"
+    assert choose_path("RNN_RELU", 64, 0, torch.float64, rocm=True) == "sequence"
     assert choose_path("GRU", 64, 0, torch.float64, rocm=False) == "sequence"
     for mode in ("GRU", "RNN_TANH", "RNN_RELU"):
         assert choose_path(mode, 64, 0, torch.float16, rocm=True) == "sequence"
