@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from fused_rnn.kernels import cell_kernels
@@ -46,3 +47,12 @@ def test_poisoned_outputs_start_as_nan(device):
         assert new_output(like, (2, 3)).isnan().all()
     with poison_outputs(False):
         assert new_output(like, (2, 3)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(("hip", "maxnreg"), [(None, 255), ("6.0", None)], ids=["cuda", "rocm"])
+def test_step_kernel_options_follow_the_backend(monkeypatch, hip, maxnreg):
+    """8 warps; on NVIDIA every register a thread can have (ptxas would cap 256 threads at 128 and spill, the
+    compile report found), on AMD no maxnreg (Triton's AMD backend rejects it)."""
+    monkeypatch.setattr(torch.version, "hip", hip)
+    meta = cell_kernels._grid_and_meta(4096, 129, torch.float64)[1]
+    assert meta["num_warps"] == 8 and meta.get("maxnreg") == maxnreg
