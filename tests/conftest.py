@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
             f"TRITON_INTERPRET={os.environ['TRITON_INTERPRET']!r} with no GPU: the Triton kernels could not run and "
             "the fused modules would fall back to torch.nn. Unset it (the tests then use Triton's CPU interpreter)."
         )
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # process-wide on purpose: Triton reads it at import
 
 import contextlib  # noqa: E402
 

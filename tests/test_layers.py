@@ -6,7 +6,7 @@ import pytest
 import torch
 import triton
 from conftest import fused_path_only
-from helpers import assert_all_close, assert_close
+from helpers import assert_all_close, assert_close, assert_kernels, kernels_of
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import fused_rnn
@@ -124,12 +124,6 @@ def sequence_kernels(layers: int, dirs: int) -> dict[str, int]:
     return {"sequence_fwd_kernel": layers * dirs, "sequence_bwd_kernel": layers * dirs}
 
 
-def stepwise_kernels(cell: str) -> set[str]:
-    """The kernels the stepwise path launches: the cell's step kernels."""
-    name = {"LSTM": "lstm", "GRU": "gru"}.get(cell, "rnn")
-    return {f"{name}_cell_fwd_kernel", f"{name}_cell_bwd_kernel"}
-
-
 def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path="sequence", **kwargs):
     """Forward and every gradient of the fused module in ``dtype`` against torch.nn in float64 (bounded as
     tests/helpers.py states: for fp32 and half types by torch.nn's own error in ``dtype``). Asserts the kernels
@@ -151,7 +145,7 @@ def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path=
     if path == "sequence":
         assert launches.by_kernel == sequence_kernels(fused.num_layers, 2 if fused.bidirectional else 1)
     else:
-        assert launches.by_kernel.keys() == stepwise_kernels(cell)
+        assert_kernels(launches, kernels_of(fused, "stepwise"))
     assert all(o.dtype == dtype for o in got[0])
     names = ["output", "h_n", "c_n"][: len(got[0])] + ["d input"] + ["d h0", "d c0"][: len(states)]
     names += [f"d {n}" for n, _ in fused.named_parameters()]
@@ -254,7 +248,7 @@ def test_double_backward_on_the_stepwise_path(cell, device):
     expected = second_order(ref)
     with fused_rnn.force_path("stepwise"), fused_path_only() as launches:
         got = second_order(fused)
-    assert launches.by_kernel.keys() == stepwise_kernels(cell), launches.by_kernel
+    assert_kernels(launches, kernels_of(fused, "stepwise")), launches.by_kernel
     names = ["d input"] + [f"d {n}" for n, _ in fused.named_parameters()]
     assert_all_close(names, list(got), list(expected), torch.float64)
 
