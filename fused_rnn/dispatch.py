@@ -1,25 +1,31 @@
-"""Which implementation runs a recurrent layer: a pure function of the cell, sizes and dtype.
+"""Which implementation runs a recurrent layer, and how: pure functions of the cell, sizes, dtype and GPU.
 
-- ``"sequence"``: one Triton launch per layer and direction loops over time
-  (``fused_rnn::sequence``); every program re-reads W_hh (and W_hr) from L2
-  each step, through one SM's share of L2 bandwidth.
+- ``"sequence"``: the Triton sequence kernels (``fused_rnn::sequence``) loop
+  over time on the GPU. Their grid is (batch tile, hidden slice): each batch
+  tile of 16 rows is split into ``slices`` programs, each owning a slice of
+  the hidden units of every gate and reading only its rows of W_hh each step;
+  the programs of a tile meet at a barrier between phases (one per step, two
+  with a projection). One slice is the batch-tiled kernel: every program
+  reads all of W_hh each step, no barrier.
 - ``"stepwise"``: a Python loop over time of one cuBLAS matmul plus the fused
-  cell kernel per step; the matmul reads W_hh with the whole GPU's bandwidth,
-  but every step pays host dispatch.
+  cell kernel per step; every step pays host dispatch.
+
+``sequence_plan`` picks the slices with the smallest modelled time per step;
+``choose_path`` compares it with the stepwise path. The model of one step
+(``sequence_step_seconds``): every program of a wave reads its W_hh slice
+(and W_hr slice), the h tile of its rows and, with a projection, the m tile,
+through its SM's share of L2 bandwidth; programs beyond one per SM run in
+further waves; each barrier costs a fixed time; a grid the GPU cannot hold at
+once runs one launch per step and phase, each costing a launch. When the
+recurrent weights do not fit in L2 the step cannot beat reading them from DRAM.
+Every constant below is an estimate from H100 specifications and published
+figures, not a measurement (no GPU run has calibrated them; ``make bench``
+prints predicted against measured times).
 
 On AMD GPUs (ROCm) LSTM, and GRU and tanh RNN in fp64, take the stepwise path:
-their sequence kernels spill scalar registers on gfx942 (LSTM in fp64 and with a
-projection, GRU's inference kernel in fp64, the tanh RNN's forward in fp64
-since tanh's fp64 polynomial; ``fused_rnn.compile_report``), so they are not
-launched there.
+their sequence kernels spill scalar registers on gfx942 (``fused_rnn.compile_report``).
 
-The heuristic compares a cost model of one time step on each path and picks
-the cheaper one. Its constants are estimates from H100 specifications, not
-measurements (no GPU run has calibrated them yet; ``make bench`` times both
-paths). With them the sequence kernel serves, for example, LSTM fp32 up to
-hidden 568 and bf16 up to 804, GRU fp32 up to 656, RNN fp32 up to 1137.
-
-``force_path`` overrides the choice (for tests and benchmarks).
+``force_path`` overrides the choice, and the slices (for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -28,16 +34,33 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import triton
+
+from .kernels.launch import SequencePlan, sequence_blocks
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-# Estimates, not measurements: one program's (one SM's) L2 read bandwidth, the
-# host cost of one stepwise step (matmul + cell op + state update, dispatched
-# from Python), and the GPU's DRAM bandwidth.
+# Estimates, not measurements:
+# - one SM's L2 read bandwidth: an H100's L2 gives about 10 TB/s over 132 SMs, which one SM streaming alone
+#   does not reach; 100 GB/s is the conservative figure the project has used since the batch-tiled kernel.
 L2_BYTES_PER_S_PER_PROGRAM = 1.0e11
+# - one barrier of the programs of a tile: an atomic add and acquire polls through L2, about 1 us
+#   (GPU-scope atomics take ~0.5 us round trip; persistent-RNN papers report 0.5-2 us per grid barrier).
+BARRIER_S = 1.0e-6
+# - one launch of the step-by-step form, back to back on a stream (CUDA launch throughput, ~3-5 us).
+STEP_LAUNCH_S = 4.0e-6
+# - the host cost of one stepwise step (matmul + cell op + state update, dispatched from Python).
 STEPWISE_HOST_S_PER_STEP = 50e-6
+# - DRAM bandwidth (H100 SXM ~3.35 TB/s peak, ~3.0 measured copy) and the L2 size (50 MB).
 DRAM_BYTES_PER_S = 3.0e12
+L2_BYTES = 50e6
+# The GPU the plans assume where none is present (the interpreter, meta tensors): an H100 SXM's SMs.
+REFERENCE_SMS = 132
+# Sequence programs held per SM that the plans count on: 8 warps of at most 255 registers fill an SM's 64K
+# registers exactly, so one always fits (the launcher checks the compiled kernel before a one-launch grid).
+PROGRAMS_PER_SM = 1
 
 _forced: str | None = None
+_forced_slices: int | None = None
 
 
 def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
@@ -47,10 +70,77 @@ def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: t
     return elements * dtype.itemsize
 
 
-def step_costs(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[float, float]:
-    """Estimated seconds per time step on the sequence kernel and on the stepwise path."""
+def _tf32(dtype: torch.dtype) -> bool:
+    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int, concurrent: bool) -> SequencePlan:
+    """The plan with ``slices`` programs per batch tile; one launch when the programs run concurrently
+    (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
+    blocks = sequence_blocks(batch, hidden, dtype, _tf32(dtype))
+    plan = SequencePlan(blocks, slices, one_launch=True)
+    fits = plan.grid(batch)[0] * slices <= sms * PROGRAMS_PER_SM
+    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits))
+
+
+def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                          plan: SequencePlan, sms: int = REFERENCE_SMS) -> float:
+    """Modelled seconds of one time step of the sequence kernel under ``plan`` (module docstring)."""
+    state = proj_size if proj_size > 0 else hidden_size
+    state_bytes = 8 if dtype == torch.float64 else 4  # h is kept in the compute dtype
+    rows = plan.blocks.block_b
+    cols_h, cols_r = min(plan.columns(hidden_size), hidden_size), min(plan.columns(state), state)
+    weights = GATES[mode] * cols_h * state + (cols_r * hidden_size if proj_size > 0 else 0)
+    reads = weights * dtype.itemsize + rows * state * state_bytes + (rows * hidden_size * dtype.itemsize if proj_size else 0)
+    tiles, slices = plan.grid(batch)
+    waves = triton.cdiv(tiles * slices, sms * PROGRAMS_PER_SM)
+    seconds = waves * reads / L2_BYTES_PER_S_PER_PROGRAM
     w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype)
-    return w_bytes / L2_BYTES_PER_S_PER_PROGRAM, STEPWISE_HOST_S_PER_STEP + w_bytes / DRAM_BYTES_PER_S
+    if w_bytes > L2_BYTES:
+        seconds = max(seconds, w_bytes / DRAM_BYTES_PER_S)
+    if slices > 1:
+        phases = 2 if proj_size > 0 else 1
+        seconds += phases * (BARRIER_S if plan.one_launch else STEP_LAUNCH_S)
+    return seconds
+
+
+def stepwise_step_seconds(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> float:
+    """Modelled seconds of one time step on the stepwise path."""
+    return STEPWISE_HOST_S_PER_STEP + recurrent_weight_bytes(mode, hidden_size, proj_size, dtype) / DRAM_BYTES_PER_S
+
+
+def slice_choices(hidden_size: int, proj_size: int, block_h: int) -> list[int]:
+    """Slices per batch tile worth considering: each program owning block_h x 2^k units, down to one slice."""
+    state = max(hidden_size, proj_size)
+    choices, width = [], block_h
+    while True:
+        choices.append(triton.cdiv(state, width))
+        if width >= state:
+            return sorted(set(choices))
+        width *= 2
+
+
+def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                  sms: int = REFERENCE_SMS, concurrent: bool = True) -> SequencePlan:
+    """The sequence kernels' plan for one layer: the slices of least modelled time per step (ties: fewer).
+
+    ``sms``: the GPU's SMs; ``concurrent``: whether a launch's programs run at
+    once (False in Triton's interpreter, which then runs the chosen plan one
+    step and phase per launch). ``force_path(..., slices=n)`` sets the slices.
+    """
+    if _forced_slices is not None:
+        return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent)
+    block_h = sequence_blocks(batch, hidden_size, dtype, _tf32(dtype)).block_h
+    plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
+    best = min(plans, key=lambda p: (sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p.slices))
+    return make_plan(batch, hidden_size, dtype, best.slices, sms, concurrent)
+
+
+def device_sms(device: torch.device) -> int:
+    """SMs (compute units) of a GPU device; REFERENCE_SMS for any other device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return REFERENCE_SMS
 
 
 def _stepwise_on_rocm(mode: str, dtype: torch.dtype) -> bool:
@@ -63,41 +153,71 @@ def on_rocm(device: torch.device) -> bool:
     return device.type == "cuda" and torch.version.hip is not None
 
 
-def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False) -> str:
+def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
+                batch: int = 64, sms: int = REFERENCE_SMS) -> str:
     """The path for one layer, "sequence" or "stepwise" (module docstring); ``rocm`` for an AMD GPU."""
     if _forced is not None:
         return _forced
     if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
-    sequence_step, stepwise_step = step_costs(mode, hidden_size, proj_size, dtype)
-    return "sequence" if sequence_step <= stepwise_step else "stepwise"
+    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms)
+    sequence = sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan, sms)
+    return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
 
 
-def explain_path(
-    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False
-) -> tuple[str, str]:
-    """The path for one layer and why: ("sequence" | "stepwise", reason)."""
-    path = choose_path(mode, hidden_size, proj_size, dtype, rocm)
+def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                    sms: int = REFERENCE_SMS) -> dict[str, tuple[float, SequencePlan | None]]:
+    """Modelled seconds per step of each path: "batch-tiled" (one slice), "hidden-split" (the chosen plan,
+    or the best with several slices when one slice wins) and "stepwise", each with its plan."""
+    block_h = sequence_blocks(batch, hidden_size, dtype, _tf32(dtype)).block_h
+    tiled = make_plan(batch, hidden_size, dtype, 1, sms, True)
+    split = [make_plan(batch, hidden_size, dtype, n, sms, True)
+             for n in slice_choices(hidden_size, proj_size, block_h) if n > 1]
+
+    def cost(plan: SequencePlan) -> float:
+        return sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan, sms)
+
+    out = {"batch-tiled": (cost(tiled), tiled)}
+    if split:
+        best = min(split, key=lambda p: (cost(p), p.slices))
+        out["hidden-split"] = (cost(best), best)
+    out["stepwise"] = (stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
+    return out
+
+
+def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
+                 batch: int = 64, sms: int = REFERENCE_SMS) -> tuple[str, str]:
+    """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step)."""
+    path = choose_path(mode, hidden_size, proj_size, dtype, rocm, batch, sms)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
     if rocm and _stepwise_on_rocm(mode, dtype):
         return path, f"on AMD GPUs the {mode} sequence kernels spill registers in {dtype} (compile report)"
-    w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype)
-    sequence_step, stepwise_step = step_costs(mode, hidden_size, proj_size, dtype)
+    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms)
+    tiles, slices = plan.grid(batch)
+    shown = []
+    for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms).items():
+        how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
+        shown.append(f"{name}{how} {seconds * 1e6:.1f} us")
     return path, (
-        f"recurrent weights {w_bytes / 2**20:.2f} MiB read per step: estimated {sequence_step * 1e6:.1f} us "
-        f"per step in the sequence kernel against {stepwise_step * 1e6:.1f} us stepwise (unmeasured cost model)"
+        f"predicted per step at batch {batch} on {sms} SMs: {', '.join(shown)} (cost model, estimates, unmeasured); "
+        f"sequence plan: {tiles} batch tiles x {slices} hidden slices of {plan.columns(hidden_size)} units, "
+        + ("one launch" if plan.one_launch else "one launch per step and phase")
     )
 
 
 @contextlib.contextmanager
-def force_path(path: str | None) -> Iterator[None]:
-    """Run every layer in the block on ``path`` ("sequence" or "stepwise"; None restores the heuristic)."""
-    global _forced
+def force_path(path: str | None, slices: int | None = None) -> Iterator[None]:
+    """Run every layer in the block on ``path`` ("sequence" or "stepwise"; None restores the heuristic), the
+    sequence kernels with ``slices`` hidden slices per batch tile (None: the cost model's choice)."""
+    global _forced, _forced_slices
     if path not in (None, "sequence", "stepwise"):
         raise ValueError(f"unknown path {path!r}")
-    previous, _forced = _forced, path
+    if slices is not None and slices < 1:
+        raise ValueError(f"slices must be at least 1, got {slices}")
+    previous = _forced, _forced_slices
+    _forced, _forced_slices = path, slices
     try:
         yield
     finally:
-        _forced = previous
+        _forced, _forced_slices = previous

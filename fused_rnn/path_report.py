@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .dispatch import explain_path, on_rocm
+from .dispatch import device_sms, explain_path, on_rocm
 from .kernels.launch import interpreting
 
 log = logging.getLogger("fused_rnn")
@@ -30,6 +30,15 @@ def _device_reason(x: Tensor) -> str | None:
     return f"the Triton kernels do not run on {x.device.type} tensors"
 
 
+def _batch(module: nn.RNNBase, input: Tensor | PackedSequence) -> int:
+    """The batch size of a layer's input."""
+    if isinstance(input, PackedSequence):
+        return int(input.batch_sizes[0])
+    if input.dim() == 2:  # unbatched
+        return 1
+    return input.shape[0] if module.batch_first else input.shape[1]
+
+
 def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
     """One line per layer (or one for a cell): the implementation a call on ``input`` runs, and why."""
     x = input.data if isinstance(input, PackedSequence) else input
@@ -39,8 +48,9 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
         return f"{name}: torch.nn's own implementation (torch fallback): {fallback}"
     if not isinstance(module, nn.RNNBase):
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
-    path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype, on_rocm(x.device))
-    what = {"sequence": "Triton sequence kernel (one launch per direction)",
+    path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype, on_rocm(x.device),
+                             _batch(module, input), device_sms(x.device))
+    what = {"sequence": "Triton sequence kernel",
             "stepwise": "stepwise (a torch matmul and a Triton cell kernel per time step)"}[path]
     return "\n".join(f"{name} layer {k}: {what}: {why}" for k in range(module.num_layers))
 

@@ -29,12 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import reference
+from . import dispatch, reference
 from .cell_ops import _differentiable_grads
 from .kernels import sequence_kernels as K
+from .kernels.launch import SequencePlan, interpreting
 
 LSTM, GRU = K.LSTM, K.GRU
 MODES = {cell: mode for mode, cell in K.CELLS.items()}  # torch.nn's mode name of each cell id
+
+
+def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: torch.dtype, device: torch.device) -> SequencePlan:
+    """The dispatcher's plan for the sequence kernels of one layer-direction on ``device``: the interpreter runs it
+    one step and phase per launch (its programs run one after another)."""
+    hidden = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
+    proj = w_hh.shape[1] if w_hr is not None else 0
+    sms = dispatch.device_sms(device)
+    return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, concurrent=not interpreting())
 
 
 def project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:
@@ -67,7 +77,8 @@ def sequence(
     The input projection (``project``) is computed here and not kept.
     """
     xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
-    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save)
+    plan = plan_for(cell, x.shape[1], w_hh, w_hr, xp.dtype, xp.device)
+    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save, plan)
     return y, h_n, c_n, ws, cs, ms
 
 
@@ -78,7 +89,8 @@ def sequence_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gate gradients (T, B, GS); dh0 (B, R) and dc0 (B, H) in the compute dtype (dc0 empty unless LSTM);
     the gradient of every step's h (T, B, R) with a projection (else empty)."""
-    dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse)
+    plan = plan_for(cell, y.shape[1], w_hh, w_hr, y.dtype, y.device)
+    dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, plan)
     return dg, dh0, dc0, dhs
 
 

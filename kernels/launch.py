@@ -146,3 +146,33 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> 
     widest = 16 if on_fma_units else 32
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)
     return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8, max_registers=255)
+
+
+@dataclass(frozen=True)
+class SequencePlan:
+    """How the sequence kernels cover one layer and direction.
+
+    ``blocks`` is the tile; each batch tile is split into ``slices`` programs,
+    each owning ``columns(width)`` hidden units (a multiple of BLOCK_H) of every
+    gate. With several slices the programs of a tile meet at a barrier between
+    phases: in one launch over the whole sequence when ``one_launch`` (the GPU
+    must hold the grid at once), else one launch per step and phase.
+    """
+
+    blocks: SequenceBlocks
+    slices: int = 1
+    one_launch: bool = True
+
+    def columns(self, width: int) -> int:
+        """Units of a ``width``-wide state each program owns."""
+        per = triton.cdiv(max(width, 1), self.slices)
+        return triton.cdiv(per, self.blocks.block_h) * self.blocks.block_h
+
+    def grid(self, batch: int) -> tuple[int, int]:
+        """(batch tiles, slices)."""
+        return triton.cdiv(batch, self.blocks.block_b), self.slices
+
+    @property
+    def barrier(self) -> bool:
+        """Whether the kernels synchronise their programs in-kernel (several slices in one launch)."""
+        return self.slices > 1 and self.one_launch

@@ -1,12 +1,25 @@
-"""Sequence kernels: a whole layer and direction in one launch, looping over time on the GPU.
+"""Sequence kernels: a layer and direction over a range of time steps, the time loop on the GPU.
 
-Each program owns BLOCK_B rows of the batch and the whole hidden state of
-those rows. Per time step it computes the recurrent product h_{t-1} W_hh^T
-with ``tl.dot`` (fp32 accumulation, fp64 for fp64), streaming W_hh by
-(BLOCK_K x BLOCK_H) blocks from L2, adds the precomputed input projection and
-applies the cell math of ``cell_math``. The state is exchanged between column
-blocks through a small ping-pong scratch buffer with a program-level barrier
-between steps; nothing is shared between programs, so the interpreter runs it.
+Grid (batch tile, hidden slice). Program (b, p) owns the BLOCK_B rows of batch
+tile b and the hidden units [p * SLICE_H, (p + 1) * SLICE_H) of every gate (for
+an LSTM the rows p * SLICE_H... of each of W_hh's four gate blocks). Per step it
+reads the full h_{t-1} of its rows from a global ping-pong buffer, computes its
+slice of the recurrent product h_{t-1} W_hh^T with ``tl.dot`` (fp32
+accumulation, fp64 for fp64), streaming its rows of W_hh by (BLOCK_K x BLOCK_H)
+blocks from L2, adds the precomputed input projection, applies the cell math of
+``cell_math`` and writes its slice of h_t, y and what backward reads. With one
+slice a program owns every hidden unit of its rows: the batch-tiled kernel.
+
+The programs of one batch tile depend on each other's slices, so between
+phases they meet at a barrier (``_slices_barrier``): a monotonic int32 arrival
+counter per batch tile, a release atomic add to arrive, an acquire spin to
+wait. A kernel advances the recurrence over the steps [S_BEGIN, S_END) and runs
+the phases selected by PHASES. Launched once over the whole sequence with
+BARRIER set, it is the persistent kernel; launched one step and one phase at a
+time with BARRIER off (Triton's interpreter, which runs programs one after
+another, or a grid the GPU cannot hold at once) the kernel boundaries are the
+barrier. The per-step code is the same in both, so the sums are the same in
+the same order: on a GPU the two agree bitwise.
 
 Variable lengths come from a per-row ``lengths`` vector: at step s row b is
 active while s < lengths[b]; the forward direction reads time s, the reverse
@@ -23,13 +36,22 @@ import triton
 import triton.language as tl
 
 from .cell_math import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
-from .launch import interpreting, launch, new_output, sequence_blocks
+from .launch import SequencePlan, interpreting, launch, new_output
 
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
 CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU}
 GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
 # Gate values saved per step for backward (LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn).
 SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 0, RNN_RELU: 0}
+
+# Phases of a step (the PHASES bit mask). Forward: the cell on the program's hidden units, then, with a
+# projection, h = W_hr m on its projected units. Backward: with a projection the gradient of h, then the
+# gate gradients, then the carried gradient dh_{t-1} = d_gates W_hh on the program's units of h.
+FWD_CELL, FWD_PROJ = tl.constexpr(1), tl.constexpr(2)
+BWD_PROJ, BWD_GATES, BWD_CARRY = tl.constexpr(1), tl.constexpr(2), tl.constexpr(4)
+# Added to a barrier's counter when a wait gives up: every later wait of the launch passes at once and the
+# launcher reports the stall.
+BROKEN = tl.constexpr(1 << 30)
 
 
 @triton.jit
@@ -39,6 +61,37 @@ def _program_rows(lengths, B, BLOCK_B: tl.constexpr):
     rmask = rows < B
     lens = tl.load(lengths + rows, mask=rmask, other=0)
     return rows, rmask, lens, tl.zeros_like(lens)
+
+
+@triton.jit
+def _program_columns(width, SLICE):
+    """The columns [lo, hi) of a ``width``-wide state that this program's hidden slice owns."""
+    lo = tl.program_id(1) * SLICE
+    return lo, tl.minimum(lo + SLICE, width)
+
+
+@triton.jit
+def _slices_barrier(sync, arrivals, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+    """Wait until the programs of this batch tile have all finished the phase: ``sync`` reaches ``arrivals``.
+
+    Every thread's stores come first (``tl.debug_barrier``); one release atomic add
+    at GPU scope publishes them and counts the arrival; the wait spins on acquire
+    reads of the counter. Readers of the shared state load with ``.cg`` (L2, not a
+    stale L1 line). A wait that spins ``SPIN_LIMIT`` times gives up and adds
+    BROKEN to the counter, so the rest of the launch passes through and the
+    launcher raises. Without BARRIER only the program's own threads synchronise.
+    """
+    tl.debug_barrier()
+    if BARRIER:
+        tl.atomic_add(sync, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
+        spins = 0
+        while (seen < arrivals) & (spins < SPIN_LIMIT):
+            seen = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
+            spins += 1
+        if seen < arrivals:
+            tl.atomic_add(sync, BROKEN, sem="relaxed", scope="gpu")
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -72,8 +125,9 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
         kk = tl.arange(0, BLOCK_K)
         ks = k0 + kk
         kmask = ks < K
+        # A is state that other programs of the tile wrote: read it from L2 (.cg), never a stale L1 line.
         x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+                    mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
         # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
         w_k = w + tl.cast(k0, tl.int64) * s_wk
         wt = tl.load(w_k + (w_row0 + cols)[None, :] * s_wr + kk[:, None] * s_wk,
@@ -92,47 +146,45 @@ def _at(ptr, s_t, s_b, s_c, t, rows, col0, cols):
     return ptr + t[:, None] * s_t + rows[:, None] * s_b + (col0 + cols)[None, :] * s_c
 
 
-@triton.jit
-def _copy_rows(src, s_sb, s_sh, dst, s_db, s_dh, rows, rmask, H, BLOCK_H: tl.constexpr):
-    """dst[rows, :H] = src[rows, :H] (cast to dst's dtype), by BLOCK_H columns: seeds a scratch state."""
-    for j in range(0, H, BLOCK_H):
-        cols = j + tl.arange(0, BLOCK_H).to(tl.int64)
-        m = rmask[:, None] & (cols < H)[None, :]
-        v = tl.load(src + rows[:, None] * s_sb + cols[None, :] * s_sh, mask=m)
-        tl.store(dst + rows[:, None] * s_db + cols[None, :] * s_dh, v, mask=m)
-
-
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
 def sequence_fwd_kernel(
     xp, s_xt, s_xb, s_xg,  # (T, B, G) input projection x W_ih^T with the foldable biases added
     w, s_wg, s_wk,  # (G, R) W_hh
     b_hn, s_bhn,  # (H,) GRU's b_hn (inside r * (W_hn h + b_hn)), read when HAS_BHN
     w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
-    h0, s_h0b, s_h0h,  # (B, R) initial hidden state
-    c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
     lengths,  # (B,) int64 valid length of each row
     y, s_yt, s_yb, s_yh,  # out (T, B, R) outputs, zero past each row's length
-    hbuf, s_hbp, s_hbb, s_hbh,  # scratch (2, B, R) h ping-pong in the compute dtype; after T steps hbuf[T % 2] is h_n
-    cbuf, s_cbb, s_cbh,  # scratch (B, H) cell state in the compute dtype; c_n at the end (LSTM)
+    hbuf, s_hbp, s_hbb, s_hbh,  # state (2, B, R) h ping-pong in the compute dtype: step s reads hbuf[s % 2]
+    cbuf, s_cbb, s_cbh,  # state (B, H) cell state in the compute dtype (LSTM)
     ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU; when SAVE)
     cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM; when SAVE)
     ms, s_mst, s_msb, s_msh,  # out (T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
+    sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
+    S_BEGIN, S_END,  # the steps this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
+    SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr,
     ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
+    """Steps [S_BEGIN, S_END) of the recurrence; the state (hbuf[S_BEGIN % 2], cbuf) is seeded by the launcher.
+
+    Phases per step: FWD_CELL on columns [lo, hi) of H, then with a projection a
+    barrier and FWD_PROJ on this program's columns of R (h = W_hr m needs all of
+    m); a barrier ends the step (the next reads all of h).
+    """
     rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
-    _copy_rows(h0, s_h0b, s_h0h, hbuf, s_hbb, s_hbh, rows, rmask, R, BLOCK_H)
-    if CELL == 0:
-        _copy_rows(c0, s_c0b, s_c0h, cbuf, s_cbb, s_cbh, rows, rmask, H, BLOCK_H)
-    tl.debug_barrier()
-    for s in range(T):
+    h_lo, h_hi = _program_columns(H, SLICE_H)
+    r_lo, r_hi = _program_columns(R, SLICE_R)
+    sync_tile = sync + tl.program_id(0)
+    for s in range(S_BEGIN, S_END):
         h_cur = hbuf + (s % 2) * s_hbp
         h_nxt = hbuf + ((s + 1) % 2) * s_hbp
         t, active = _step_rows(s, lens, REVERSE)
-        for j in range(0, H, BLOCK_H):
+        arrived = (s - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
+        for j in range(h_lo, h_hi if (FWD_CELL & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
@@ -189,8 +241,8 @@ def sequence_fwd_kernel(
                 tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
         if HAS_PROJ:
-            tl.debug_barrier()
-            for j in range(0, R, BLOCK_H):
+            _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
+            for j in range(r_lo, r_hi if (FWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
                 h = _matmul_block(ms, s_mst, s_msb, s_msh, t, 0, rows, rmask, H, w_hr, s_wrp, s_wrh, j, cols, R - j,
@@ -198,14 +250,12 @@ def sequence_fwd_kernel(
                 h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0)
                 tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
-        tl.debug_barrier()
+        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
 def sequence_bwd_kernel(
     dy, s_dyt, s_dyb, s_dyh,  # (T, B, R) gradient of the outputs
-    dhn, s_dhnb, s_dhnh,  # (B, R) gradient of h_n
-    dcn, s_dcnb, s_dcnh,  # (B, H) gradient of c_n (LSTM)
     w, s_wg, s_wk,  # (G, R) W_hh
     w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
     h0, s_h0b, s_h0h,  # (B, R) initial hidden state (GRU needs h_prev)
@@ -216,19 +266,30 @@ def sequence_bwd_kernel(
     cs, s_cst, s_csb, s_csh,  # (T, B, H) saved cell states (LSTM)
     dg, s_dgt, s_dgb, s_dgg,  # out (T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
     dhs, s_dht, s_dhsb, s_dhsp,  # out (T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
-    dhbuf, s_dhp, s_dhb, s_dhh,  # scratch (2, B, R) dh carry (compute dtype) ping-pong; dh0 in dhbuf[T % 2] at the end
-    dcbuf, s_dcb, s_dch,  # scratch (B, H) dc carry (compute dtype); dc0 at the end (LSTM)
+    dhbuf, s_dhp, s_dhb, s_dhh,  # state (2, B, R) dh carry (compute dtype) ping-pong: reverse step r reads dhbuf[r % 2]
+    dcbuf, s_dcb, s_dch,  # state (B, H) dc carry (compute dtype) (LSTM)
+    sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
+    S_BEGIN, S_END,  # the reverse steps r (time step T - 1 - r) this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
+    SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
+    """Reverse steps [S_BEGIN, S_END); the carries (dhbuf[S_BEGIN % 2], dcbuf) are seeded by the launcher.
+
+    Phases per step: with a projection BWD_PROJ on this program's columns of R
+    and a barrier (the gate gradients need all of dh W_hr); BWD_GATES on its
+    columns of H; a barrier (the carry needs every gate gradient of the rows);
+    BWD_CARRY on its columns of R. The next step reads only the program's own
+    columns of the carry, so no barrier ends the step.
+    """
     rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
-    _copy_rows(dhn, s_dhnb, s_dhnh, dhbuf, s_dhb, s_dhh, rows, rmask, R, BLOCK_H)
-    if CELL == 0:
-        _copy_rows(dcn, s_dcnb, s_dcnh, dcbuf, s_dcb, s_dch, rows, rmask, H, BLOCK_H)
-    tl.debug_barrier()
-    for r_step in range(T):
+    h_lo, h_hi = _program_columns(H, SLICE_H)
+    r_lo, r_hi = _program_columns(R, SLICE_R)
+    sync_tile = sync + tl.program_id(0)
+    for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
         d_cur = dhbuf + (r_step % 2) * s_dhp
         d_nxt = dhbuf + ((r_step + 1) % 2) * s_dhp
@@ -238,18 +299,19 @@ def sequence_bwd_kernel(
         else:
             tp = t - 1
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
+        arrived = (r_step - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
         if HAS_PROJ:
             # Phase P: the gradient of this step's h (R columns); the carry of an inactive row passes through.
-            for j in range(0, R, BLOCK_H):
+            for j in range(r_lo, r_hi if (BWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
                 carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=m & active[:, None], other=0.0)
                 tl.store(_at(dhs, s_dht, s_dhsb, s_dhsp, t, rows, j, cols), tl.where(active[:, None], dh, 0.0), mask=m)
                 tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
-            tl.debug_barrier()
+            _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
         # Phase A: gate gradients of this step, column block by column block.
-        for j in range(0, H, BLOCK_H):
+        for j in range(h_lo, h_hi if (BWD_GATES & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
@@ -294,9 +356,9 @@ def sequence_bwd_kernel(
             if not HAS_PROJ:  # the carry of an inactive row passes through unchanged
                 nxt = tl.where(active[:, None], direct, carry)
                 tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
-        tl.debug_barrier()
+        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
         # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
-        for j in range(0, R, BLOCK_H):
+        for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < R)[None, :]
             # W_hh^T addressed as rows = hidden units (stride s_wk), k = gate units (stride s_wg).
@@ -324,20 +386,92 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _meta(cell: int, reverse: bool, dtype: torch.dtype, batch: int, hidden: int) -> tuple[tuple[int], dict]:
+def _meta(cell: int, reverse: bool, dtype: torch.dtype, plan: SequencePlan) -> dict:
+    """The constexprs and launch options of a sequence kernel."""
     # fp32 products follow cuDNN's RNN switch, as torch.nn.LSTM does on a GPU.
     tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-    blocks = sequence_blocks(batch, hidden, dtype, tf32)
+    blocks = plan.blocks
     meta = dict(
         CELL=cell, REVERSE=reverse, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         DOT_FP32=interpreting() and dtype == torch.bfloat16, DOT_PREC="tf32" if tf32 else "ieee",
-        BLOCK_B=blocks.block_b, BLOCK_H=blocks.block_h, BLOCK_K=blocks.block_k, num_warps=blocks.num_warps,
+        BLOCK_B=blocks.block_b, BLOCK_H=blocks.block_h, BLOCK_K=blocks.block_k, BARRIER=plan.barrier,
+        SPIN_LIMIT=SPIN_LIMIT, num_warps=blocks.num_warps,
     )
     if torch.version.hip is None:  # an option of Triton's NVIDIA backend only (the AMD one rejects it)
         meta["maxnreg"] = blocks.max_registers
     else:  # AMD: software-pipelining the K loop costs scalar registers (SGPRs) that the fp64 kernels lack
         meta["num_stages"] = 1
-    return (triton.cdiv(batch, blocks.block_b),), meta
+    return meta
+
+
+# Spins of one barrier wait before it gives up (a stalled launch, reported as an error, never a hang): about
+# seconds on a GPU, where a step takes microseconds. Tests that run barriers in the interpreter lower it.
+SPIN_LIMIT = 1 << 22
+
+
+def programs_per_sm(regs: int, shared: int, num_warps: int, props) -> int:
+    """Programs of a compiled kernel one SM holds at once: its registers (allocated per warp in units of 256,
+    NVIDIA), its shared memory and its threads against the SM's (``props``: torch's device properties)."""
+    warp = getattr(props, "warp_size", 32)
+    per_warp = triton.cdiv(max(regs, 1) * warp, 256) * 256
+    by_regs = props.regs_per_multiprocessor // (per_warp * num_warps)
+    by_shared = props.shared_memory_per_multiprocessor // shared if shared else by_regs
+    by_threads = props.max_threads_per_multi_processor // (warp * num_warps)
+    return min(by_regs, by_shared, by_threads)
+
+
+_held: dict[tuple, int] = {}
+
+
+def _grid_fits(kernel, grid: tuple[int, int], args: tuple, meta: dict, device: torch.device) -> bool:
+    """Whether ``device`` holds every program of ``grid`` at once (a one-launch barrier needs it).
+
+    Compiles the kernel (Triton's cache makes that a lookup after the first
+    call) and reads its registers and shared memory; the answer is cached per
+    configuration and device.
+    """
+    if device.type != "cuda":  # meta tensors (the compile report): the plan's own estimate stands
+        return True
+    key = (kernel.fn.__name__, device.index, tuple(sorted((k, str(v)) for k, v in meta.items())))
+    if key not in _held:
+        compiled = kernel.warmup(*args, grid=grid, **meta)
+        props = torch.cuda.get_device_properties(device)
+        per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, meta["num_warps"], props)
+        _held[key] = per_sm * props.multi_processor_count
+    return grid[0] * grid[1] <= _held[key]
+
+
+def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[int], head: tuple, tail: tuple,
+               meta: dict, device: torch.device) -> None:
+    """Launch ``kernel`` over reverse-or-forward steps [0, steps) as ``plan`` says.
+
+    ``head`` are the arguments before the barrier counters, ``tail`` those after
+    the step range. One slice: one launch, no barrier. Several slices in one
+    launch: one launch with the barrier, fresh zeroed counters, and an
+    asynchronous check that no wait gave up. Otherwise (the interpreter, or a
+    grid the GPU cannot hold at once): one launch per step and phase.
+    """
+    grid = plan.grid(batch)
+    everything = sum(phases)
+    if plan.barrier:
+        sync = torch.zeros(grid[0], dtype=torch.int32, device=device)
+        args = (*head, sync, 0, steps, *tail)
+        if _grid_fits(kernel, grid, args, dict(meta, PHASES=everything), device):
+            launch(kernel, grid, *args, PHASES=everything, **meta)
+            torch._assert_async(
+                sync.max() < BROKEN.value,
+                f"fused_rnn: a {kernel.fn.__name__} barrier waited {SPIN_LIMIT} spins: the GPU did not run all "
+                f"{grid[0] * grid[1]} programs at once (another kernel on the device?)",
+            )
+            return
+        meta = dict(meta, BARRIER=False)
+    placeholder = head[0]  # the counters are not read without a barrier
+    if plan.slices == 1:
+        launch(kernel, grid, *head, placeholder, 0, steps, *tail, PHASES=everything, **meta)
+        return
+    for step in range(steps):
+        for phase in phases:
+            launch(kernel, grid, *head, placeholder, step, step + 1, *tail, PHASES=phase, **meta)
 
 
 def _in_block_offsets_fit(w: torch.Tensor | None, block_k: int) -> torch.Tensor | None:
@@ -357,8 +491,8 @@ def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
     return (t, *t.stride()) if t is not None and t.numel() else (like, *([0] * ndim))
 
 
-def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool):
-    """One layer and direction over the whole sequence.
+def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool, plan: SequencePlan):
+    """One layer and direction over the whole sequence, covered as ``plan`` says.
 
     xp (T, B, G) input projection with biases folded, w_hh (G, R), b_hn (H,) or
     None (GRU), w_hr (R, H) or None (LSTM projection; R = H without it), h0
@@ -373,29 +507,32 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     acc = _compute_dtype(xp.dtype)
     y = new_output(xp, (T, B, R))
     hbuf = new_output(xp.new_empty(0, dtype=acc), (2, B, R))
+    hbuf[0].copy_(h0)
     is_lstm = cell == LSTM
-    cbuf = new_output(hbuf, (B, H) if is_lstm else (0,))
+    cbuf = c0.to(acc, copy=True) if is_lstm else hbuf.new_empty(0)
     save = save and SAVED[cell] > 0
-    ws = new_output(cbuf, (T, B, SAVED[cell] * H) if save else (0,))
-    cs = new_output(cbuf, (T, B, H) if save and is_lstm else (0,))
+    ws = new_output(hbuf, (T, B, SAVED[cell] * H) if save else (0,))
+    cs = new_output(hbuf, (T, B, H) if save and is_lstm else (0,))
     ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
-    grid, meta = _meta(cell, reverse, xp.dtype, B, H)
+    meta = _meta(cell, reverse, xp.dtype, plan)
+    meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save)
     w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
-    launch(
-        sequence_fwd_kernel, grid,
-        xp, *xp.stride(), w_hh, *w_hh.stride(), *_or_dummy(b_hn, xp, 1), *_or_dummy(w_hr, xp, 2),
-        h0, *h0.stride(), *_or_dummy(c0, h0, 2), lengths,
+    head = (
+        xp, *xp.stride(), w_hh, *w_hh.stride(), *_or_dummy(b_hn, xp, 1), *_or_dummy(w_hr, xp, 2), lengths,
         y, *y.stride(), hbuf, *hbuf.stride(), *_or_dummy(cbuf, xp, 2), *_or_dummy(ws, xp, 3),
         *_or_dummy(cs, xp, 3), *_or_dummy(ms, xp, 3),
-        T, B, H, R, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, **meta,
     )
+    tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+    phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
+    _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
     h_n = hbuf[T % 2].to(xp.dtype, copy=True)
     c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
     return y, h_n, c_n, ws, cs, ms
 
 
-def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool):
-    """Reverse-time pass of one layer and direction.
+def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool,
+                      plan: SequencePlan):
+    """Reverse-time pass of one layer and direction, covered as ``plan`` says.
 
     Gradients dy (T, B, R), dh_n (B, R) and dc_n (B, H) (dc_n only for LSTM),
     and the forward's tensors. Returns the gate gradients (T, B, GS) with
@@ -411,16 +548,20 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     dg = new_output(y, (T, B, gs))
     dhs = new_output(y, (T, B, R) if w_hr is not None else (0,))
     dhbuf = new_output(y.new_empty(0, dtype=acc), (2, B, R))
+    dhbuf[0].copy_(dh_n)
     is_lstm = cell == LSTM
-    dcbuf = new_output(dhbuf, (B, H) if is_lstm else (0,))
-    grid, meta = _meta(cell, reverse, y.dtype, B, H)
+    dcbuf = dc_n.to(acc, copy=True) if is_lstm else dhbuf.new_empty(0)
+    meta = _meta(cell, reverse, y.dtype, plan)
+    meta.update(HAS_PROJ=w_hr is not None)
     w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
-    launch(
-        sequence_bwd_kernel, grid,
-        dy, *dy.stride(), dh_n, *dh_n.stride(), *_or_dummy(dc_n, dh_n, 2), w_hh, *w_hh.stride(),
-        *_or_dummy(w_hr, y, 2), h0, *h0.stride(), *_or_dummy(c0, h0, 2), lengths, y, *y.stride(),
-        *_or_dummy(ws, y, 3), *_or_dummy(cs, y, 3), dg, *dg.stride(), *_or_dummy(dhs, y, 3),
-        dhbuf, *dhbuf.stride(), *_or_dummy(dcbuf, y, 2),
-        T, B, H, R, HAS_PROJ=w_hr is not None, **meta,
+    head = (
+        dy, *dy.stride(), w_hh, *w_hh.stride(), *_or_dummy(w_hr, y, 2), h0, *h0.stride(), *_or_dummy(c0, h0, 2),
+        lengths, y, *y.stride(), *_or_dummy(ws, y, 3), *_or_dummy(cs, y, 3), dg, *dg.stride(),
+        *_or_dummy(dhs, y, 3), dhbuf, *dhbuf.stride(), *_or_dummy(dcbuf, y, 2),
     )
+    tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+    phases = [BWD_GATES.value, BWD_CARRY.value]
+    if w_hr is not None:
+        phases.insert(0, BWD_PROJ.value)
+    _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)
     return dg, dhbuf[T % 2].clone(), dcbuf, dhs
