@@ -186,19 +186,20 @@ def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dty
 
 
 def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
-                 batch: int = 64, sms: int = REFERENCE_SMS) -> tuple[str, str]:
-    """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step)."""
+                 batch: int = 64, sms: int = REFERENCE_SMS, concurrent: bool = True) -> tuple[str, str]:
+    """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step);
+    ``concurrent`` as for ``sequence_plan``."""
     path = choose_path(mode, hidden_size, proj_size, dtype, rocm, batch, sms)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
     if rocm and _stepwise_on_rocm(mode, dtype):
         return path, f"on AMD GPUs the {mode} sequence kernels spill registers in {dtype} (compile report)"
-    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms)
+    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent)
     tiles, slices = plan.grid(batch)
     shown = []
     for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms).items():
         how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
-        shown.append(f"{name}{how} {seconds * 1e6:.1f} us")
+        shown.append(f"{name}{how} {seconds * 1e6:.2f} us")
     return path, (
         f"predicted per step at batch {batch} on {sms} SMs: {', '.join(shown)} (cost model, estimates, unmeasured); "
         f"sequence plan: {tiles} batch tiles x {slices} hidden slices of {plan.columns(hidden_size)} units, "

@@ -49,7 +49,7 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
     if not isinstance(module, nn.RNNBase):
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
     path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype, on_rocm(x.device),
-                             _batch(module, input), device_sms(x.device))
+                             _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda")
     what = {"sequence": "Triton sequence kernel",
             "stepwise": "stepwise (a torch matmul and a Triton cell kernel per time step)"}[path]
     return "\n".join(f"{name} layer {k}: {what}: {why}" for k in range(module.num_layers))

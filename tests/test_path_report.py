@@ -14,12 +14,21 @@ def test_sequence_kernel_and_the_cost_model(device):
     lstm = fused_rnn.LSTM(4, 8, num_layers=2).to(device)
     text = fused_rnn.explain(lstm, torch.randn(3, 2, 4, device=device))
     lines = text.splitlines()
-    assert len(lines) == 2 and all("Triton sequence kernel" in line and "MiB" in line for line in lines)
+    assert len(lines) == 2 and all("Triton sequence kernel" in line for line in lines)
+    assert all("batch-tiled" in line and "stepwise" in line and "unmeasured" in line for line in lines)
+
+
+def test_the_prediction_of_each_path_and_the_plan(device):
+    """At the classic size: the hidden split's predicted time next to the batch-tiled kernel's and the
+    stepwise path's, and the plan (4 batch tiles of 16 rows, several slices)."""
+    lstm = fused_rnn.LSTM(4, 512, device="meta")
+    text = fused_rnn.explain(lstm, torch.randn(3, 64, 4, device=device))
+    assert "hidden-split (4 x " in text and "batch-tiled (4 x 1 programs)" in text and "4 batch tiles x " in text
 
 
 def test_stepwise_for_large_weights_and_when_forced(device):
-    big = fused_rnn.GRU(4, 2048, device="meta")  # explain reads only the sizes: no memory needed
-    assert "stepwise" in fused_rnn.explain(big, torch.randn(3, 2, 4, device=device))
+    big = fused_rnn.LSTM(4, 2048, device="meta")  # explain reads only the sizes: no memory needed
+    assert ": stepwise" in fused_rnn.explain(big, torch.randn(3, 256, 4, device=device))
     gru = fused_rnn.GRU(4, 8).to(device)
     with fused_rnn.force_path("stepwise"):
         assert "forced by fused_rnn.force_path('stepwise')" in fused_rnn.explain(gru, torch.randn(3, 2, 4, device=device))
