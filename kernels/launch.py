@@ -22,16 +22,18 @@ def interpreting() -> bool:
 
 @dataclass
 class LaunchCounter:
-    """Kernel launches since the counter was created, by kernel name."""
+    """Kernel launches since the counter was created, by kernel name, and the grids each kernel ran on."""
 
     total: int = 0
     by_kernel: dict[str, int] | None = None
+    grids: dict[str, set[tuple[int, ...]]] | None = None
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, grid: tuple[int, ...]) -> None:
         self.total += 1
         if self.by_kernel is None:
-            self.by_kernel = {}
+            self.by_kernel, self.grids = {}, {}
         self.by_kernel[name] = self.by_kernel.get(name, 0) + 1
+        self.grids.setdefault(name, set()).add(tuple(grid))
 
 
 _counters: list[LaunchCounter] = []
@@ -54,7 +56,7 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
         return
     kernel[grid](*args, **kwargs)
     for counter in _counters:
-        counter.add(kernel.fn.__name__)
+        counter.add(kernel.fn.__name__, grid)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from helpers import assert_all_close, assert_close, assert_kernels, kernels_of
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import fused_rnn
+from fused_rnn.dispatch import make_plan
 from fused_rnn.kernels.launch import sequence_blocks
 
 CELLS = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
@@ -77,6 +78,7 @@ class Inputs:
                                    "pack_sequence": [1, seq_len, 3]}.get(kind)
         if kind == "pack_sequence":
             self.seqs = [randn(n, input_size) for n in self.lengths]
+        self.length = max(self.lengths) if self.lengths else seq_len  # the steps the kernels run
 
     def make(self, dtype) -> tuple[object, torch.Tensor]:
         """The module's input in ``dtype`` and the leaf tensor whose gradient is compared."""
@@ -119,15 +121,25 @@ def as_hx(cell: str, states: list[torch.Tensor], dtype) -> object:
     return None if not states else tuple(states) if cell == "LSTM" else states[0]
 
 
-def sequence_kernels(layers: int, dirs: int) -> dict[str, int]:
-    """The launches of one forward and backward on the sequence path: one per layer and direction each."""
-    return {"sequence_fwd_kernel": layers * dirs, "sequence_bwd_kernel": layers * dirs}
+def sequence_kernels(layers: int, dirs: int, steps: tuple[int, int] = (1, 1)) -> dict[str, int]:
+    """The launches of one forward and backward on the sequence path per layer and direction: one each, or
+    ``steps`` (forward, backward) when the kernels run one step and phase per launch."""
+    return {"sequence_fwd_kernel": layers * dirs * steps[0], "sequence_bwd_kernel": layers * dirs * steps[1]}
 
 
-def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path="sequence", **kwargs):
+def stepped_launches(slices: int, length: int, proj: bool, device) -> tuple[int, int]:
+    """(forward, backward) launches per layer and direction with ``slices`` hidden slices: one each where the
+    programs run at once (a GPU), else one per step and phase (1 or 2 forward, 2 or 3 backward)."""
+    if slices == 1 or device != "cpu":
+        return 1, 1
+    return length * (1 + proj), length * (2 + proj)
+
+
+def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path="sequence", slices=None, **kwargs):
     """Forward and every gradient of the fused module in ``dtype`` against torch.nn in float64 (bounded as
     tests/helpers.py states: for fp32 and half types by torch.nn's own error in ``dtype``). Asserts the kernels
-    of ``path`` ran, by name. Returns the launch counter."""
+    of ``path`` ran, by name (and with ``slices`` forced, on a grid of that many slices per batch tile).
+    Returns the launch counter."""
     fused, ref = make_pair(cell, dtype, device, input_size=inputs.x.shape[-1], **kwargs)
     proj = kwargs.get("proj_size", 0)
     states = initial_states(cell, fused, inputs.batch, inputs.kind == "unbatched", device, proj) if with_h0 else []
@@ -140,10 +152,13 @@ def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path=
     if dtype != torch.float64:
         torch_module = same_dtype_torch(ref, dtype)
         same = forward_backward(torch_module, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
-    with fused_rnn.force_path(path), fused_path_only() as launches:
+    with fused_rnn.force_path(path, slices), fused_path_only() as launches:
         got = forward_backward(fused, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
     if path == "sequence":
-        assert launches.by_kernel == sequence_kernels(fused.num_layers, 2 if fused.bidirectional else 1)
+        steps = stepped_launches(slices or 1, inputs.length, bool(kwargs.get("proj_size")), device)
+        assert launches.by_kernel == sequence_kernels(fused.num_layers, 2 if fused.bidirectional else 1, steps)
+        if slices is not None:
+            assert {grid[1] for grids in launches.grids.values() for grid in grids} == {slices}
     else:
         assert_kernels(launches, kernels_of(fused, "stepwise"))
     assert all(o.dtype == dtype for o in got[0])
@@ -219,6 +234,42 @@ def test_tile_crossing_shapes(cell, dtype, tf32, device, monkeypatch):
     inputs = Inputs("packed_unsorted", False, device, seq_len=3, batch=batch, input_size=4, lengths=lengths)
     kwargs = dict(num_layers=2, bidirectional=True, hidden=hidden) | ({"proj_size": proj_size} if proj else {})
     check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Hidden-split shapes: each batch tile's hidden units split over 3 programs, each owning 2 column blocks (the
+# last partly masked), 2 batch tiles; in the interpreter one launch per step and phase, on a GPU one launch.
+# ----------------------------------------------------------------------------
+SLICES = 3
+
+
+def hidden_split_sizes(dtype, tf32: bool, proj: bool) -> tuple[int, int, int]:
+    """(batch, hidden, proj_size or 0): 2 batch tiles, and H (and the projection) over SLICES programs of 2
+    column blocks each, the last block partly masked; from ``sequence_blocks`` and the plan's slice width."""
+    tile = sequence_blocks(4096, 4096, dtype, tf32)
+    batch = tile.block_b + 3
+    width = (2 * SLICES - 1) * tile.block_h + 1
+    hidden, proj_size = (width + 4, width) if proj else (width, 0)
+    plan = make_plan(batch, hidden, dtype, SLICES, 132, concurrent=False)
+    for units in (hidden, proj_size or hidden):
+        per = plan.columns(units)
+        assert per == 2 * tile.block_h and (SLICES - 1) * per < units < SLICES * per
+    return batch, hidden, proj_size
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("cell", TILE_CELLS)
+def test_hidden_split_shapes(cell, dtype, device, monkeypatch):
+    """The hidden-split sequence kernels (forced: SLICES programs per batch tile) against float64 torch.nn:
+    packed unsorted lengths over both batch tiles, two bidirectional layers, h0/c0, output, final states and
+    every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    proj = cell == "LSTM_proj"
+    batch, hidden, proj_size = hidden_split_sizes(dtype, False, proj)
+    lengths = [3, 1, 2, 3, 2] * (batch // 5) + [1, 3, 2, 1][: batch % 5]
+    inputs = Inputs("packed_unsorted", False, device, seq_len=3, batch=batch, input_size=4, lengths=lengths)
+    kwargs = dict(num_layers=2, bidirectional=True, hidden=hidden) | ({"proj_size": proj_size} if proj else {})
+    check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, slices=SLICES, **kwargs)
 
 
 @pytest.mark.parametrize("cell", CELLS)
