@@ -1,0 +1,111 @@
+"""A test-only way to run one launch's programs concurrently in Triton's interpreter: one thread per program.
+
+Triton's interpreter runs a grid's programs one after another from one loop
+(``GridExecutor.__call__``), reading the program id from one shared builder, so a
+barrier across programs never returns there. ``concurrent_programs`` changes
+three things for the duration of a ``with`` block:
+
+- the builder's ``grid_idx`` becomes thread-local (a property on a subclass);
+- each ``GridExecutor`` calls, in place of the kernel, a starter with the
+  kernel's signature and globals (the interpreter patches ``triton.language``
+  through the kernel's globals) that runs the program in a new thread with its
+  own program id;
+- the last program's starter joins every thread with a timeout, inside the
+  executor's loop (before it restores the language patch), and raises
+  ``TimeoutError`` when a program is still running (a barrier that never
+  opens) or re-raises a program's error.
+
+It depends on those three interpreter internals of triton 3.6 to 3.9; a Triton
+that changes them makes the tests that use it fail, not pass. It tests the
+protocol (arrival counts, ping-pong parity, phases), not GPU memory ordering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+import threading
+import types
+from collections.abc import Iterator
+
+from triton.runtime import interpreter
+
+
+class _Programs:
+    """The threads of one launch."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, fn, args: dict, idx: tuple[int, int, int], last: bool) -> None:
+        def run() -> None:
+            interpreter.interpreter_builder.grid_idx = idx
+            try:
+                fn(**args)
+            except BaseException as error:  # handed to the joining thread
+                self.errors.append(error)
+
+        thread = threading.Thread(target=run, name=f"program {idx}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        if last:
+            self.join()
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(self.timeout)
+        running = [t.name for t in self.threads if t.is_alive()]
+        if running:
+            raise TimeoutError(f"{len(running)} programs still running after {self.timeout} s: {running[:4]}")
+        if self.errors:
+            raise self.errors[0]
+
+
+def _starter(fn, grid_dim: tuple[int, int, int], timeout: float):
+    """A function with ``fn``'s signature and globals that starts one program of the launch in a thread."""
+    programs = _Programs(timeout)
+    last = tuple(n - 1 for n in grid_dim)
+    builder = interpreter.interpreter_builder
+
+    def start(**args):  # runs with the kernel's globals: only closure variables here
+        idx = builder.grid_idx
+        programs.start(fn, args, idx, idx == last)
+
+    started = types.FunctionType(start.__code__, fn.__globals__, fn.__name__, None, start.__closure__)
+    started.__signature__ = inspect.signature(fn)
+    return started
+
+
+@contextlib.contextmanager
+def concurrent_programs(timeout: float = 60.0) -> Iterator[None]:
+    """Run every interpreted launch in the block with one thread per program (module docstring)."""
+    builder = interpreter.interpreter_builder
+    local = threading.local()
+
+    class ThreadLocalGrid(type(builder)):
+        grid_idx = property(lambda self: getattr(local, "idx", None), lambda self, v: setattr(local, "idx", v))
+
+    class ConcurrentExecutor(interpreter.GridExecutor):
+        def __call__(self, *args, **kwargs):
+            fn = self.fn
+            grid = self.grid + (1,) * (3 - len(self.grid))
+            self.fn = _starter(fn, grid, timeout)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                self.fn = fn
+
+    original_class, original_executor = type(builder), interpreter.GridExecutor
+    switch = sys.getswitchinterval()
+    builder.__class__ = ThreadLocalGrid
+    interpreter.GridExecutor = ConcurrentExecutor
+    sys.setswitchinterval(1e-5)  # interleave the programs finely
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch)
+        interpreter.GridExecutor = original_executor
+        builder.__class__ = original_class
