@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -40,6 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.pool import Pool
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import torch
@@ -49,7 +51,7 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-from .dispatch import choose_path, force_path
+from .dispatch import choose_path, force_path, make_plan, sequence_plan
 from .kernels import cell_kernels, sequence_kernels
 from .kernels.launch import interpreting
 
@@ -62,13 +64,17 @@ KERNEL_MODULES = (cell_kernels, sequence_kernels)
 
 @dataclass(frozen=True)
 class Target:
-    """A GPU to compile for, and its shared memory (LDS) per program in bytes."""
+    """A GPU to compile for: its shared memory (LDS) per program and per SM (CU) in bytes, its SMs (CUs), and
+    the registers one SM (NVIDIA) or one SIMD lane (AMD: VGPRs and AGPRs together) has."""
 
     name: str
     backend: str
     arch: int | str
     warp_size: int
     shared_limit: int
+    sms: int
+    shared_per_sm: int
+    registers: int
 
     @property
     def gpu(self) -> GPUTarget:
@@ -78,9 +84,9 @@ class Target:
 TARGETS = {
     t.name: t
     for t in (
-        Target("sm_80", "cuda", 80, 32, 163 * 1024),  # A100
-        Target("sm_90", "cuda", 90, 32, 227 * 1024),  # H100
-        Target("gfx942", "hip", "gfx942", 64, 64 * 1024),  # MI300
+        Target("sm_80", "cuda", 80, 32, 163 * 1024, 108, 164 * 1024, 65536),  # A100 SXM
+        Target("sm_90", "cuda", 90, 32, 227 * 1024, 132, 228 * 1024, 65536),  # H100 SXM
+        Target("gfx942", "hip", "gfx942", 64, 64 * 1024, 304, 64 * 1024, 512),  # MI300X
     )
 }
 
@@ -191,11 +197,12 @@ def kernel_names() -> list[str]:
 
 @contextlib.contextmanager
 def _recorded_launches() -> Iterator[list[tuple]]:
-    """Replace the launch in every kernel module by a recorder; yields the (kernel, args, kwargs) it records."""
+    """Replace the launch in every kernel module by a recorder; yields the (kernel, grid, args, kwargs) it
+    records."""
     launches: list[tuple] = []
 
     def record(kernel, grid, *args, **kwargs) -> None:
-        launches.append((kernel, args, kwargs))
+        launches.append((kernel, grid, args, kwargs))
 
     with contextlib.ExitStack() as stack:
         for module in KERNEL_MODULES:
@@ -245,13 +252,17 @@ def _call_cell_launchers(case: Case) -> None:
 SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
 
 
-def _call_sequence_launchers(case: Case) -> None:
-    """The sequence kernels' launchers as the layers call them: forward without saving (inference), forward
-    saving the gates, then backward on its outputs."""
+def _call_sequence_launchers(case: Case, sms: int) -> None:
+    """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs: forward without saving
+    (inference), forward saving the gates, then backward on its outputs; under the dispatcher's plan and, when
+    that has several slices, also one launch per step and phase (the form for a grid the GPU cannot hold)."""
     S, cell = sequence_kernels, _cell_id(case)
     T, B, H = SEQUENCE_STEPS, case.batch, case.hidden
     R = H // 2 if case.cell == "LSTM_PROJ" else H
     dtype = getattr(torch, case.dtype)
+    mode = case.cell.removesuffix("_PROJ")
+    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True)
+    plans = [plan] + ([make_plan(B, H, dtype, plan.slices, sms, concurrent=False)] if plan.barrier else [])
 
     def meta(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device="meta")
@@ -262,12 +273,14 @@ def _call_sequence_launchers(case: Case) -> None:
     h0, c0 = meta(B, R), (meta(B, H) if cell == S.LSTM else None)
     lengths = meta(B, dtype=torch.int64)
     xp = meta(T, B, G)
-    S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, save=False)  # inference
-    y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, save=True)
-    dc_n = torch.empty_like(c_n) if cell == S.LSTM else None
-    S.sequence_backward(
-        torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, case.reverse
-    )
+    for p in plans:
+        S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, False, p)  # inference
+        y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, True, p)
+        dc_n = torch.empty_like(c_n) if cell == S.LSTM else None
+        S.sequence_backward(
+            torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell,
+            case.reverse, p,
+        )
 
 
 @functools.cache
@@ -304,11 +317,14 @@ def _sequence_path_on(case: Case, target: str) -> bool:
         return choose_path(mode, 0, 0, getattr(torch, case.dtype), rocm) == "sequence"
 
 
-def capture(case: Case, targets: Sequence[str]) -> list[Config]:
-    """Every kernel configuration the launchers pick for ``case``, specialised for each target.
+def capture(case: Case, targets: Sequence[str]) -> list[tuple[Config, int]]:
+    """Every kernel configuration the launchers pick for ``case``, specialised for each target, with the
+    programs of its grid when it is a one-launch sequence kernel with barriers (else 0): those must all be
+    resident on the target at once.
 
-    The launchers run once per backend, with ``torch.version.hip`` set as on a
-    ROCm build for the AMD targets, since some launch options are NVIDIA-only.
+    The launchers run once per backend (the sequence launchers once per
+    target, whose SM count the plan follows), with ``torch.version.hip`` set as
+    on a ROCm build for the AMD targets, since some launch options are NVIDIA-only.
     """
     configs = []
     for backend in sorted({TARGETS[t].backend for t in targets}):
@@ -317,11 +333,16 @@ def capture(case: Case, targets: Sequence[str]) -> list[Config]:
         with mock.patch.object(torch.version, "hip", hip), _cudnn_tf32(case.tf32):
             with _recorded_launches() as cell_launches:
                 _call_cell_launchers(case)
-            with _recorded_launches() as sequence_launches:
-                _call_sequence_launchers(case)
-        configs += [_specialise(kernel, args, kwargs, t) for kernel, args, kwargs in cell_launches for t in on_backend]
-        sequence_targets = [t for t in on_backend if _sequence_path_on(case, t)]
-        configs += [_specialise(k, args, kwargs, t) for k, args, kwargs in sequence_launches for t in sequence_targets]
+            configs += [(_specialise(k, args, kw, t), 0) for k, _, args, kw in cell_launches for t in on_backend]
+            for t in on_backend:
+                if not _sequence_path_on(case, t):
+                    continue
+                with _recorded_launches() as sequence_launches:
+                    _call_sequence_launchers(case, TARGETS[t].sms)
+                configs += [
+                    (_specialise(k, args, kw, t), grid[0] * grid[1] if kw["BARRIER"] else 0)
+                    for k, grid, args, kw in sequence_launches
+                ]
     return configs
 
 
@@ -347,6 +368,28 @@ class Result:
     usage: Usage | None
     error: str | None
     seconds: float
+    one_launch: int = 0  # programs of the largest one-launch grid (with barriers) the dispatcher gives it
+
+    def programs_per_sm(self) -> int:
+        """Programs one SM (CU) holds at once, from registers, shared memory (LDS) and threads (waves).
+
+        NVIDIA: registers allocated per warp in units of 256, 2048 threads per
+        SM. AMD CDNA3: 4 SIMDs per CU, at most 8 waves per SIMD, VGPRs in units
+        of 8 out of 512 per lane; a program's waves spread over the SIMDs.
+        """
+        t, u = TARGETS[self.config.target], self.usage
+        warps = dict(self.config.options).get("num_warps", 4)
+        if t.backend == "cuda":
+            props = SimpleNamespace(warp_size=t.warp_size, regs_per_multiprocessor=t.registers,
+                                    shared_memory_per_multiprocessor=t.shared_per_sm, max_threads_per_multi_processor=2048)
+            return sequence_kernels.programs_per_sm(u.regs, u.shared, warps, props)
+        waves_per_simd = min(8, t.registers // (triton.cdiv(max(u.regs, 1), 8) * 8))
+        by_lds = t.shared_per_sm // u.shared if u.shared else waves_per_simd
+        return min(4 * waves_per_simd // warps, by_lds)
+
+    def held(self) -> int:
+        """The largest grid the target holds at once: programs per SM times its SMs."""
+        return self.programs_per_sm() * TARGETS[self.config.target].sms
 
     def problems(self) -> list[str]:
         """What makes this configuration fail the report (empty when it passes)."""
@@ -356,6 +399,8 @@ class Result:
         found = [f"spills {u.spills} B"] if u.spills else []
         found += [f"local memory {u.local} B"] if u.local else []
         found += [f"shared {u.shared} B > {limit} B"] if u.shared > limit else []
+        if self.one_launch > self.held():
+            found += [f"one-launch grid of {self.one_launch} programs > {self.held()} held at once"]
         return found
 
 
@@ -460,15 +505,17 @@ def run(cases: Sequence[Case], grid: str, targets: Sequence[str], jobs: int, cac
     with _workers(jobs, cache_dir) as pool:
         names = pool.apply(kernel_names)
         examples: dict[Config, Case] = {}
+        one_launch: dict[Config, int] = {}
         for case, configs in pool.imap(_capture_case, [(c, targets) for c in cases], chunksize=16):
-            for config in configs:
+            for config, programs in configs:
                 examples.setdefault(config, case)
+                one_launch[config] = max(one_launch.get(config, 0), programs)
         # Longest first (sequence kernels), so the last workers do not wait on one slow compile.
         order = sorted(examples, key=lambda c: not _is_sequence_kernel(c.kernel))
         print(f"{len(cases)} cases -> {len(order)} configurations to compile", file=sys.stderr, flush=True)
         results = []
         for result in pool.imap_unordered(compile_config, order):
-            results.append(result)
+            results.append(dataclasses.replace(result, one_launch=one_launch[result.config]))
             if len(results) % 100 == 0:
                 print(f"{len(results)} compiled, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     reached = {(c.kernel, c.target) for c in examples}
@@ -501,13 +548,15 @@ def _worst_per_kernel_and_target(results: Iterable[Result]) -> list[tuple[Result
 def summary_table(report: Report) -> str:
     """Markdown table: one row per kernel and target, showing its worst configuration."""
     lines = [
-        "| kernel | target | configs | failing | regs | spill B | local B | shared B / limit | worst configuration |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| kernel | target | configs | failing | regs | spill B | local B | shared B / limit | programs / SM "
+        "| held at once | worst configuration |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for worst, n, failing in _worst_per_kernel_and_target(report.results):
         c, u = worst.config, worst.usage
         limit = TARGETS[c.target].shared_limit
-        figures = "error | | | " if u is None else f"{u.regs} | {u.spills} | {u.local} | {u.shared} / {limit}"
+        figures = "error | | | | | " if u is None else (
+            f"{u.regs} | {u.spills} | {u.local} | {u.shared} / {limit} | {worst.programs_per_sm()} | {worst.held()}")
         config = f"{report.examples[c]}: {c.label}" + (f" ({worst.error})" if worst.error else "")
         lines.append(f"| {c.kernel} | {c.target} | {n} | {failing} | {figures} | {config} |")
     return "\n".join(lines)
@@ -526,10 +575,27 @@ def w_hh_tile(report: Report) -> list[str]:
     return lines
 
 
+def one_launch_grids(report: Report) -> list[str]:
+    """Per target, the largest one-launch grid (with barriers) the dispatcher gives a sequence kernel, against
+    the grid the target holds at once for that configuration."""
+    lines = []
+    for target in report.targets:
+        grids = [r for r in report.results if r.one_launch and r.usage and r.config.target == target]
+        if grids:
+            worst = max(grids, key=lambda r: r.one_launch / r.held())
+            verdict = "fits" if worst.one_launch <= worst.held() else "DOES NOT FIT"
+            lines.append(
+                f"- One-launch grids on {target} ({TARGETS[target].sms} SMs): {len(grids)} configurations, fullest "
+                f"{worst.one_launch} programs of {worst.held()} held at once ({worst.programs_per_sm()} per SM, "
+                f"{worst.config.kernel}, {report.examples[worst.config]}), {verdict}"
+            )
+    return lines
+
+
 def summary(report: Report) -> str:
-    """The table, whether the W_hh tile fits, what failed and how long it took."""
+    """The table, whether the W_hh tile fits, the one-launch grids, what failed and how long it took."""
     failing = sum(bool(r.problems()) for r in report.results)
-    lines = [summary_table(report), "", *w_hh_tile(report)]
+    lines = [summary_table(report), "", *w_hh_tile(report), *one_launch_grids(report)]
     lines += [f"- NOT COVERED by any case: {u}" for u in report.uncovered]
     lines.append(
         f"- {report.cases} cases -> {len(report.results)} configurations on {', '.join(report.targets)}; "

@@ -111,7 +111,7 @@ def stepwise_step_seconds(mode: str, hidden_size: int, proj_size: int, dtype: to
 
 def slice_choices(hidden_size: int, proj_size: int, block_h: int) -> list[int]:
     """Slices per batch tile worth considering: each program owning block_h x 2^k units, down to one slice."""
-    state = max(hidden_size, proj_size)
+    state = max(hidden_size, proj_size, 1)
     choices, width = [], block_h
     while True:
         choices.append(triton.cdiv(state, width))

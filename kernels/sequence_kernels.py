@@ -74,10 +74,13 @@ def _program_columns(width, SLICE):
 def _slices_barrier(sync, arrivals, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr):
     """Wait until the programs of this batch tile have all finished the phase: ``sync`` reaches ``arrivals``.
 
-    Every thread's stores come first (``tl.debug_barrier``); one release atomic add
-    at GPU scope publishes them and counts the arrival; the wait spins on acquire
-    reads of the counter. Readers of the shared state load with ``.cg`` (L2, not a
-    stale L1 line). A wait that spins ``SPIN_LIMIT`` times gives up and adds
+    Every thread's stores come first (``tl.debug_barrier``, a CTA barrier); one
+    release atomic add at GPU scope (PTX ``red.release.gpu``; release is
+    cumulative, so it publishes the stores the CTA barrier ordered before it)
+    counts the arrival; the wait spins on acquire reads of the counter (Triton
+    lowers an atomic add of 0 to ``ld.acquire.gpu``, which also invalidates the
+    SM's L1, so the state read next is never a stale line); a CTA barrier then
+    lets every thread read. A wait that spins ``SPIN_LIMIT`` times gives up and adds
     BROKEN to the counter, so the rest of the launch passes through and the
     launcher raises. Without BARRIER only the program's own threads synchronise.
     """
@@ -125,7 +128,9 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
         kk = tl.arange(0, BLOCK_K)
         ks = k0 + kk
         kmask = ks < K
-        # A is state that other programs of the tile wrote: read it from L2 (.cg), never a stale L1 line.
+        # A is state other programs of the tile wrote. It is read after the barrier's acquire at GPU scope, which
+        # invalidates this SM's L1 (NVIDIA; AMD likewise), so no stale line is served; ".cg" (L2 only) marks it
+        # where the load stays a load (the pipeliner turns it into cp.async, which has no 4-byte L2-only form).
         x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
                     mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
         # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.

@@ -92,6 +92,31 @@ def test_what_fails_a_configuration(usage, error, problems):
     assert R.Result(_config("gfx942"), usage, error, 0.0).problems() == problems
 
 
+def test_a_one_launch_grid_must_fit_the_target_at_once():
+    """sm_90: 255 registers x 8 warps -> one program per SM, 132 SMs; 4 warps of 64 registers -> 8 per SM."""
+    heavy = R.Config("k", "sm_90", (), (), (), (("num_warps", 8),), label="")
+    usage = R.Usage(regs=255, spills=0, local=0, shared=1024, detail="")
+    assert R.Result(heavy, usage, None, 0.0, one_launch=132).problems() == []
+    assert R.Result(heavy, usage, None, 0.0, one_launch=133).problems() == [
+        "one-launch grid of 133 programs > 132 held at once"]
+    light = R.Config("k", "sm_90", (), (), (), (("num_warps", 4),), label="")
+    assert R.Result(light, R.Usage(64, 0, 0, 0, ""), None, 0.0).programs_per_sm() == 8
+    amd = R.Config("k", "gfx942", (), (), (), (("num_warps", 8),), label="")
+    assert R.Result(amd, R.Usage(256, 0, 0, 0, ""), None, 0.0).held() == 304  # 2 waves per SIMD x 4 / 8
+
+
+def test_the_dispatchers_one_launch_grids_fit_every_target(report):
+    """The quick grid's large layers get hidden-split plans with barriers on every target (and their one
+    launch per step and phase form); each one-launch grid fits the target at once."""
+    grids = [r for r in report.results if r.one_launch]
+    assert {r.config.target for r in grids} == set(TARGETS)
+    assert all(dict(r.config.constexprs)["BARRIER"] for r in grids)
+    assert all(r.one_launch <= r.held() for r in grids), [(r.one_launch, r.held()) for r in grids]
+    stepped = {dict(r.config.constexprs)["PHASES"] for r in report.results
+               if r.config.kernel == "sequence_bwd_kernel" and not dict(r.config.constexprs)["BARRIER"]}
+    assert {2, 4} <= stepped  # backward's gate and carry phases, launched one at a time
+
+
 def test_command_line_writes_the_table_and_exits_non_zero_on_failures(report, cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(cache_dir))  # the fixture's binaries: nothing recompiles
     md, js = tmp_path / "report.md", tmp_path / "report.json"
