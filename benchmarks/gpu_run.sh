@@ -14,24 +14,30 @@
 #             gpu_run.log says which happened and where fused_rnn was imported from.
 #             INSTALL=checkout skips pip and runs from the checkout directly. (Without `wheel`,
 #             tests/test_packaging.py, which builds a wheel, fails in the tests stage.)
+#   bitwise   benchmarks/bitwise.py: the hidden-split sequence kernels in one launch with barriers against
+#             one launch per step and phase, bitwise, every cell, forward and backward, B in {1,16,64,256},
+#             H in {256,768,2048}: the GPU test of their synchronisation (bitwise.log; first, as it is
+#             the check that can only run here)
 #   tests     the test suite on the GPU (TESTS="pytest arguments" picks others; default: tests)
 #   default/  the default case (T=100 B=64 I=H=512), LSTM/GRU/RNN-tanh, both modes, fp32/fp16/bf16
-#   compile/  torch.compile of the reference loop on the default LSTM fp16 case (25 s compile cap)
+#   flashrnn/ FlashRNN's setup: LSTM, T=1024 B=16 I=H=768, bf16, both modes
 #   sweeps/   batch, hidden, layers and packed sweeps, LSTM fp16, both modes, short timing
 #   seq/      the sequence-length sweep (16..4096), LSTM fp16, fused sequence path and cuDNN only
 # Each benchmark writes bench.json, bench.csv, bench.md, bench.png (with matplotlib) under
-# OUTPUT_DIR/NAME/; the summary table comes last (also in summary.txt). Worst case about 8.7
-# minutes in all (these limits are estimates, not yet checked on a GPU); a benchmark stopped at
-# its limit still writes the cases it finished. Exit status 1 when no benchmark wrote results.
+# OUTPUT_DIR/NAME/, with measured and predicted (cost model) microseconds per step; the summary
+# table comes last (also in summary.txt). The stage limits add up to 10 minutes (estimates, not
+# yet checked on a GPU); a benchmark stopped at its limit still writes the cases it finished.
+# Exit status 1 when no benchmark wrote results.
 #
 # REHEARSE=1 runs every stage above through the same commands on the CPU, in Triton's
 # interpreter (TRITON_INTERPRET=1), so that a mistake in this script shows up without a GPU:
-# no GPU check, a small test subset (tests/kernels/test_launch.py unless TESTS is set), and each
-# benchmark on tiny cases (T=4 B=2 I=4 H=8 as given, a sweep replacing its own axis, --quick, a
-# 15 s compile cap) starting no new case after REHEARSE_BUDGET_S seconds (default 2: one or a
+# no GPU check, the bitwise check at B=19 H=40 (one thread per program for the one launch), a
+# small test subset (tests/kernels/test_launch.py unless TESTS is set), and each
+# benchmark on tiny cases (T=4 B=2 I=4 H=8 as given, a sweep replacing its own axis, --quick)
+# starting no new case after REHEARSE_BUDGET_S seconds (default 2: one or a
 # few cases each). Its timings mean nothing. Its install stage is the real one (pip install -e .
 # into the Python that runs it); INSTALL=checkout leaves that environment alone. About a minute
-# on 2 cores, up to half of it torch.compile's stage; tests/bench/test_gpu_run.py runs it
+# on 2 cores, half of it the bitwise stage; tests/bench/test_gpu_run.py runs it
 # (INSTALL=checkout, 0.5 s budgets).
 set -uo pipefail
 
@@ -119,7 +125,10 @@ elif [ -n "$rehearse" ]; then
 else
     tests=(tests)
 fi
-stage tests 100 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
+quick=()
+[ -n "$rehearse" ] && quick=(--quick)
+stage bitwise 180 "$py" benchmarks/bitwise.py ${quick[@]+"${quick[@]}"}
+stage tests 80 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
 
 bench=("$py" -m fused_rnn.bench)
 # shellcheck disable=SC2054  # one argument: the comma-separated list
@@ -127,31 +136,32 @@ fast=(--impl sequence,stepwise,cudnn,native)
 # Rehearsal: tiny cases as given (not scaled for the interpreter), short timing, a short budget per benchmark.
 # These come last on each command line, so they override the real run's budgets.
 tiny=()
-[ -n "$rehearse" ] && tiny=(--seq 4 --batch 2 --input 4 --hidden 8 --no-scale --quick --compile-cap 15
+[ -n "$rehearse" ] && tiny=(--seq 4 --batch 2 --input 4 --hidden 8 --no-scale --quick
                             --budget-s "${REHEARSE_BUDGET_S:-2}")
-stage default 120 "${bench[@]}" "${fast[@]}" --budget-s 100 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
-stage compile 90 "${bench[@]}" --impl sequence,stepwise,cudnn,native,compile --cell lstm --dtype fp16 \
-    --compile-cap 25 --out "$out/compile" ${tiny[@]+"${tiny[@]}"}
-stage sweeps 100 "${bench[@]}" "${fast[@]}" --sweep batch,hidden,layers,packed --cell lstm --dtype fp16 --quick \
-    --budget-s 85 --out "$out/sweeps" ${tiny[@]+"${tiny[@]}"}
-stage seq 50 "${bench[@]}" --impl sequence,cudnn --sweep seq --cell lstm --dtype fp16 --quick --budget-s 40 \
+stage default 110 "${bench[@]}" "${fast[@]}" --budget-s 95 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
+stage flashrnn 60 "${bench[@]}" --impl sequence,cudnn --cell lstm --dtype bf16 --seq 1024 --batch 16 --hidden 768 \
+    --input 768 --budget-s 50 --out "$out/flashrnn" ${tiny[@]+"${tiny[@]}"}
+stage sweeps 70 "${bench[@]}" "${fast[@]}" --sweep batch,hidden,layers,packed --cell lstm --dtype fp16 --quick \
+    --budget-s 60 --out "$out/sweeps" ${tiny[@]+"${tiny[@]}"}
+stage seq 40 "${bench[@]}" --impl sequence,cudnn --sweep seq --cell lstm --dtype fp16 --quick --budget-s 32 \
     --out "$out/seq" ${tiny[@]+"${tiny[@]}"}
 
+log "bitwise: $(tail -n 1 "$out/bitwise.log")"
 log "tests: $(tail -n 1 "$out/tests.log")"
 shown=()
-for name in default compile sweeps seq; do
+for name in default flashrnn sweeps seq; do
     [ -f "$out/$name/bench.json" ] && shown+=("$out/$name/bench.json")
 done
 if [ "${#shown[@]}" -eq 0 ]; then
     log "no benchmark results were written; see the logs in $out"
     exit 1
 fi
-log "files: $out/{default,compile,sweeps,seq}/bench.{json,csv,md,png} and $out/*.log"
+log "files: $out/{default,flashrnn,sweeps,seq}/bench.{json,csv,md,png} and $out/*.log"
 echo
-# The short summary: the default and compile runs (the sweeps are in their own files).
+# The short summary: the default and FlashRNN runs (the sweeps are in their own files).
 short=()
 for f in "${shown[@]}"; do
-    case "$f" in */default/bench.json | */compile/bench.json) short+=("$f") ;; esac
+    case "$f" in */default/bench.json | */flashrnn/bench.json) short+=("$f") ;; esac
 done
 [ "${#short[@]}" -gt 0 ] || short=("${shown[@]}")
 "$py" -m fused_rnn.bench.summary "${short[@]}" | tee "$out/summary.txt"

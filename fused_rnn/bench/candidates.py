@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import fused_rnn
-from fused_rnn.dispatch import on_rocm
+from fused_rnn.dispatch import device_sms, on_rocm
 
 from .loop import recurrent_loop
 from .problem import TORCH_CLASSES, Inputs, Problem, copy_module, module_forward
@@ -62,8 +62,10 @@ def _fused(path: str) -> Callable[[Problem, float], Runner]:
             with fused_rnn.force_path(path):
                 return module_forward(module, inputs)
 
-        rocm = on_rocm(next(module.parameters()).device)
-        chosen = fused_rnn.choose_path(module.mode, module.hidden_size, module.proj_size, problem.case.torch_dtype, rocm)
+        device = next(module.parameters()).device
+        case = problem.case
+        chosen = fused_rnn.choose_path(module.mode, module.hidden_size, module.proj_size, case.torch_dtype,
+                                       on_rocm(device), case.batch, device_sms(device))
         return Runner(forward, list(module.parameters()), note="dispatcher's choice" if chosen == path else "")
 
     return build

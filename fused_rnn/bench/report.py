@@ -87,6 +87,8 @@ def _fmt(value: object, kind: str) -> str:
         return f"{value:.1e}" if math.isfinite(value) else "inf"
     if kind == "x":
         return f"{value:.2f}x"
+    if kind == "us":
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -117,7 +119,7 @@ def terminal_table(rows: list[Row], color: bool) -> str:
     """Rows grouped by case, one line per candidate; speedups over cuDNN green (>= 1) or red when ``color``."""
     header = (
         f"  {'impl':<20} {'median ms':>10} {'p20-p80 ms':>17} {'tokens/s':>9} {'vs cuDNN':>9} {'peak mem':>11} "
-        f"{'launches':>8} {'max rel err':>11}  status"
+        f"{'launches':>8} {'max rel err':>11} {'us/step':>8} {'predicted':>9}  status"
     )
     lines, seen = [], set()
     for row in rows:
@@ -131,9 +133,18 @@ def terminal_table(rows: list[Row], color: bool) -> str:
             f"  {row['impl']:<20} {_fmt(row['median_ms'], 'ms'):>10} {_spread(row):>17} "
             f"{_fmt(row['tokens_per_s'], 'count'):>9} {_color(f'{speedup:>9}', row['speedup_vs_cudnn'], color)} "
             f"{_fmt(row['peak_mem_bytes'], 'bytes'):>11} {_fmt(row['launches'], ''):>8} "
-            f"{_fmt(row['max_rel_err'], 'err'):>11}  {status}"
+            f"{_fmt(row['max_rel_err'], 'err'):>11} {_fmt(row['us_per_step'], 'us'):>8} "
+            f"{_fmt(row['predicted_us_per_step'], 'us'):>9}  {status}"
         )
     return "\n".join(lines[1:])
+
+
+def _per_step(row: Row | None) -> str:
+    """Measured us per time step and, where the cost model covers the row, the prediction in parentheses."""
+    if row is None:
+        return "-"
+    predicted = row.get("predicted_us_per_step")
+    return _fmt(row.get("us_per_step"), "us") + ("" if predicted is None else f" ({_fmt(predicted, 'us')})")
 
 
 def summary_table(rows: list[Row]) -> str:
@@ -141,7 +152,8 @@ def summary_table(rows: list[Row]) -> str:
     cases: dict[tuple, list[Row]] = {}
     for row in rows:
         cases.setdefault(_case_key(row), []).append(row)
-    head = f"{'case':<58} {'fused ms (path)':>24} {'cuDNN ms':>9} {'native ms':>9} {'compile ms':>10} {'vs cuDNN':>8}"
+    head = (f"{'case':<58} {'fused ms (path)':>24} {'cuDNN ms':>9} {'native ms':>9} {'compile ms':>10} {'vs cuDNN':>8} "
+            f"{'fused us/step (predicted)':>26}")
     lines = [head]
     for group in cases.values():
         timed = {r["impl"]: r for r in group if r["median_ms"] is not None}
@@ -155,6 +167,7 @@ def summary_table(rows: list[Row]) -> str:
             f"{_case_title(group[0]):<58} {best_text:>24} "
             + " ".join(f"{_fmt(r and r['median_ms'], 'ms'):>{w}}" for r, w in ((cudnn, 9), (native, 9), (compiled, 10)))
             + f" {_fmt(best and best['speedup_vs_cudnn'], 'x'):>8}"
+            + f" {_per_step(best):>26}"
         )
     return "\n".join(lines)
 

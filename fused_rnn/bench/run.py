@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..dispatch import device_sms, sequence_plan, sequence_step_seconds, stepwise_step_seconds
 from ..kernels.launch import count_launches
 from .candidates import Candidate, Unavailable, is_cudnn
 from .cases import Case, point
@@ -28,7 +29,8 @@ Row = dict[str, object]
 FIELDS = (
     "cell", "mode", "dtype", "seq_len", "batch", "input_size", "hidden_size", "num_layers", "bidirectional", "packed",
     "impl", "median_ms", "p20_ms", "p80_ms", "tokens_per_s", "speedup_vs_cudnn", "peak_mem_bytes", "launches",
-    "gpu_kernels", "max_rel_err", "tolerance", "status", "note", "sweep", "point",
+    "gpu_kernels", "max_rel_err", "tolerance", "status", "note", "sweep", "point", "us_per_step",
+    "predicted_us_per_step",
 )
 
 
@@ -80,10 +82,25 @@ def check(problem: Problem, candidate: Candidate, settings: Settings) -> Checked
     return Checked(step, err, launches.total, note)
 
 
+def predicted_us_per_step(case: Case, label: str, device: torch.device) -> float | None:
+    """The dispatcher's cost model of one forward time step of a fused path, over every layer and direction
+    (an estimate, ``fused_rnn.dispatch``); None for other candidates and for forward+backward (not modelled)."""
+    if case.mode != "forward" or label not in ("fused_rnn:sequence", "fused_rnn:stepwise"):
+        return None
+    mode, dtype, sms = case.cell.upper(), case.torch_dtype, device_sms(device)
+    if label == "fused_rnn:sequence":
+        plan = sequence_plan(mode, case.batch, case.hidden_size, 0, dtype, sms)
+        step = sequence_step_seconds(mode, case.batch, case.hidden_size, 0, dtype, plan, sms)
+    else:
+        step = stepwise_step_seconds(mode, case.hidden_size, 0, dtype)
+    return step * case.num_layers * (2 if case.bidirectional else 1) * 1e6
+
+
 def _row(case: Case, label: str, device: torch.device) -> Row:
     fields = {f.name: getattr(case, f.name) for f in dataclasses.fields(case)}
     row = dict.fromkeys(FIELDS)
-    row.update(fields, impl=label, tolerance=tolerance(case.dtype, device), note="", point=point(case))
+    row.update(fields, impl=label, tolerance=tolerance(case.dtype, device), note="", point=point(case),
+               predicted_us_per_step=predicted_us_per_step(case, label, device))
     return row
 
 
@@ -119,6 +136,7 @@ def run_candidate(problem: Problem, candidate: Candidate, settings: Settings, de
     return row | {
         "median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
         "tokens_per_s": problem.case.tokens / (timing.median_ms / 1e3), "peak_mem_bytes": peak,
+        "us_per_step": timing.median_ms * 1e3 / problem.case.seq_len,
         "launches": checked.launches if candidate.fused else kernels, "gpu_kernels": kernels,
         "status": "ok", "note": note,
     }

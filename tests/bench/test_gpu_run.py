@@ -1,5 +1,5 @@
 """benchmarks/gpu_run.sh rehearsed on the CPU (REHEARSE=1): every stage runs its real command at tiny sizes and
-writes its files, and the summary comes last. About 50 s on 2 cores (torch.compile's stage is a third of it)."""
+writes its files, and the summary comes last. About a minute on 2 cores (the bitwise stage is half of it)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_run.sh"
-BENCHMARKS = ["default", "compile", "sweeps", "seq"]
+BENCHMARKS = ["default", "flashrnn", "sweeps", "seq"]
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("bash") and shutil.which("timeout")), reason="gpu_run.sh needs bash and timeout"
@@ -42,10 +42,11 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert "REHEARSAL" in log and "torch sees no GPU" not in log
     assert "install: running from the checkout (INSTALL=checkout)" in log
     assert f"fused_rnn imports from {tmp_path}/pythonpath/fused_rnn/__init__.py" in log, log
-    for name in ["tests", *BENCHMARKS]:
+    for name in ["bitwise", "tests", *BENCHMARKS]:
         assert f"{name}: exit status 0" in log, log
         assert (tmp_path / f"{name}.log").stat().st_size > 0
     assert re.search(r"tests: \d+ passed", log), "the tests stage's last line is logged"
+    assert "bitwise: bitwise: 5 of 5 cases identical in one launch and step by step" in log, log
     for name in BENCHMARKS:
         data = json.loads((tmp_path / name / "bench.json").read_text())
         assert data["environment"]["triton_interpreter"], name
@@ -54,11 +55,12 @@ def test_rehearsal_runs_every_stage(tmp_path):
         assert {"fused_rnn:sequence"} <= {r["impl"] for r in rows if r["status"] == "ok"}, name
         assert (tmp_path / name / "bench.csv").exists() and (tmp_path / name / "bench.md").exists()
         assert all((r["seq_len"], r["batch"]) != (100, 64) for r in rows), "tiny cases, not the real ones"
-    assert {r["impl"] for r in json.loads((tmp_path / "compile" / "bench.json").read_text())["results"]} \
-        >= {"torch.compile:loop"}
+    forward = [r for r in json.loads((tmp_path / "default" / "bench.json").read_text())["results"]
+               if r["impl"] == "fused_rnn:sequence" and r["mode"] == "forward" and r["status"] == "ok"]
+    assert forward and all(r["us_per_step"] > 0 and r["predicted_us_per_step"] > 0 for r in forward)
     assert {r["sweep"] for r in json.loads((tmp_path / "seq" / "bench.json").read_text())["results"]} == {"seq"}
     summary = (tmp_path / "summary.txt").read_text()
-    assert "interpreter timings" in summary and "lstm forward" in summary
+    assert "interpreter timings" in summary and "lstm forward" in summary and "us/step (predicted)" in summary
     assert done.stdout.rstrip().endswith(summary.rstrip()), "the summary comes last"
 
 

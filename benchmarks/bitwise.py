@@ -1,0 +1,135 @@
+"""One launch with barriers against one launch per step and phase, bitwise, for every cell: the GPU test of the
+hidden-split sequence kernels' synchronisation.
+
+    python benchmarks/bitwise.py [--quick]
+
+The two forms run the same per-step code, so they compute the same sums in the
+same order; a missing or broken barrier (an arrival count, the ping-pong
+parity, memory ordering) makes the one-launch results differ. For each cell
+(LSTM, LSTM with a projection, GRU, RNN tanh and relu), batch B in {1, 16, 64,
+256} and hidden H in {256, 768, 2048} (bf16; LSTM also fp32 with TF32), T = 8
+with lengths spread over [1, T], every other cell in reverse (one compilation each): the forward's outputs
+(y, h_n, c_n, saved gates and cell states, m) and the backward's (gate
+gradients, dh0, dc0, dh) of both forms, every unwritten element NaN in both,
+must be identical. The slices are the dispatcher's where it splits, else the
+finest whose grid the GPU holds at once (there must be a barrier to test).
+Prints one line per case and exits 1 if any differs or a one-launch grid did
+not run as one launch.
+
+Without a GPU (Triton's interpreter, ``--quick`` sizes: the rehearsal of
+benchmarks/gpu_run.sh) the one-launch form runs with one thread per program
+(tests/interpreter_threads.py), which tests the protocol, not GPU memory ordering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pathlib
+import sys
+import time
+
+import torch
+
+from fused_rnn.dispatch import device_sms, make_plan, sequence_plan, slice_choices
+from fused_rnn.kernels import sequence_kernels as K
+from fused_rnn.kernels.launch import count_launches, interpreting, poison_outputs
+
+T = 8
+CELLS = {"lstm": (K.LSTM, False), "lstm_proj": (K.LSTM, True), "gru": (K.GRU, False), "rnn_tanh": (K.RNN_TANH, False),
+         "rnn_relu": (K.RNN_RELU, False)}
+
+
+def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, device) -> dict:
+    torch.manual_seed(batch * 7 + hidden + cell)
+    R = hidden // 2 if proj else hidden
+    G = K.GATES[cell] * hidden
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device) * scale).to(dtype)
+
+    lengths = torch.randint(1, T + 1, (batch,), device=device)
+    lengths[0] = T
+    return dict(
+        xp=randn(T, batch, G), w_hh=randn(G, R, scale=R**-0.5), b_hn=randn(hidden) if cell == K.GRU else None,
+        w_hr=randn(R, hidden, scale=hidden**-0.5) if proj else None, h0=randn(batch, R),
+        c0=randn(batch, hidden) if cell == K.LSTM else None, lengths=lengths,
+        dy=randn(T, batch, R), dh_n=randn(batch, R), dc_n=randn(batch, hidden) if cell == K.LSTM else None,
+    )
+
+
+def _run(a: dict, cell: int, reverse: bool, plan) -> tuple[list[torch.Tensor], dict]:
+    with count_launches() as launches, poison_outputs():
+        y, h_n, c_n, ws, cs, ms = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"],
+                                                     a["lengths"], cell, reverse, True, plan)
+        grads = K.sequence_backward(a["dy"], a["dh_n"], a["dc_n"], a["w_hh"], a["w_hr"], a["h0"], a["c0"],
+                                    a["lengths"], y, ws, cs, cell, reverse, plan)
+    return [y, h_n, c_n, ws, cs, ms, *grads], dict(launches.by_kernel)
+
+
+def _slices(mode: str, batch: int, hidden: int, proj: int, dtype: torch.dtype, sms: int) -> int:
+    """The dispatcher's slices where it splits, else the finest whose grid fits ``sms`` SMs."""
+    chosen = sequence_plan(mode, batch, hidden, proj, dtype, sms).slices
+    if chosen > 1:
+        return chosen
+    block_h = make_plan(batch, hidden, dtype, 1, sms, True).blocks.block_h
+    tiles = make_plan(batch, hidden, dtype, 1, sms, True).grid(batch)[0]
+    return max(n for n in slice_choices(hidden, proj, block_h) if n == 1 or tiles * n <= sms)
+
+
+def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool, device, sms: int) -> bool:
+    cell, proj = CELLS[name]
+    a = _inputs(cell, proj, batch, hidden, dtype, device)
+    mode = name.removesuffix("_proj").upper()
+    slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms)
+    one = make_plan(batch, hidden, dtype, slices, sms, concurrent=True)
+    stepped = make_plan(batch, hidden, dtype, slices, sms, concurrent=False)
+    start = time.perf_counter()
+    want, _ = _run(a, cell, reverse, stepped)
+    with concurrent() if interpreting() else contextlib.nullcontext():
+        got, launches = _run(a, cell, reverse, one)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    same = [torch.equal(g.nan_to_num(nan=7.0), w.nan_to_num(nan=7.0)) and torch.equal(g.isnan(), w.isnan())
+            for g, w in zip(got, want)]
+    single = launches == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
+    tiles, n = one.grid(batch)
+    verdict = "ok" if all(same) and single and one.barrier else "DIFFERS" if not all(same) else "NOT ONE LAUNCH"
+    differing = [i for i, s in enumerate(same) if not s]
+    print(f"{verdict:<14} {name:<9} {str(dtype).removeprefix('torch.'):<8} B={batch:<4} H={hidden:<5} "
+          f"{'reverse' if reverse else 'forward'} grid {tiles}x{n} launches {launches}"
+          + (f" differing results {differing}" if differing else "") + f" {time.perf_counter() - start:.2f} s",
+          flush=True)
+    return verdict == "ok"
+
+
+@contextlib.contextmanager
+def concurrent():
+    """One thread per program in Triton's interpreter (the CPU rehearsal), from the test suite's helper."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+    from interpreter_threads import concurrent_programs
+
+    with concurrent_programs():
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="B=19, H=40, bf16 only (the CPU rehearsal)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not interpreting() else "cpu")
+    sms = device_sms(device)
+    batches, hiddens = ((19,), (40,)) if args.quick else ((1, 16, 64, 256), (256, 768, 2048))
+    cases = [(name, torch.bfloat16) for name in CELLS] + ([] if args.quick else [("lstm", torch.float32)])
+    ok, total = 0, 0
+    for i, (name, dtype) in enumerate(cases):
+        for batch in batches:
+            for hidden in hiddens:
+                total += 1
+                ok += check(name, dtype, batch, hidden, reverse=i % 2 == 1, device=device, sms=sms)
+    print(f"bitwise: {ok} of {total} cases identical in one launch and step by step", flush=True)
+    return 0 if ok == total else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
