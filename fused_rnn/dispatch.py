@@ -10,8 +10,14 @@
 - ``"stepwise"``: a Python loop over time of one cuBLAS matmul plus the fused
   cell kernel per step; every step pays host dispatch.
 
-``sequence_plan`` picks the slices with the smallest modelled time per step;
-``choose_path`` compares it with the stepwise path. The model of one step
+``sequence_plan`` picks the slices with the smallest modelled time per step
+(inside the op, at the call's batch size); ``choose_path`` compares it with
+the stepwise path at PATH_BATCH rows (the path must not depend on the batch:
+torch.compile bakes it into a graph for any batch). With the constants below
+the hidden-split kernels win at every size on NVIDIA GPUs (when the weights
+exceed L2 both paths read them from DRAM, and the stepwise path pays host
+dispatch on top), so the stepwise path serves AMD GPUs (below) and
+``force_path``. The model of one step
 (``sequence_step_seconds``): every program of a wave reads its W_hh slice
 (and W_hr slice), the h tile of its rows and, with a projection, the m tile,
 through its SM's share of L2 bandwidth; programs beyond one per SM run in
@@ -153,15 +159,23 @@ def on_rocm(device: torch.device) -> bool:
     return device.type == "cuda" and torch.version.hip is not None
 
 
+# The batch at which the path is chosen: the path is a Python branch that torch.compile bakes into a graph
+# traced for any batch size, so it must not depend on the batch (the plan's slices, chosen inside the op at
+# run time, do).
+PATH_BATCH = 64
+
+
+@torch.compiler.assume_constant_result
 def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
-                batch: int = 64, sms: int = REFERENCE_SMS) -> str:
-    """The path for one layer, "sequence" or "stepwise" (module docstring); ``rocm`` for an AMD GPU."""
+                sms: int = REFERENCE_SMS) -> str:
+    """The path for one layer, "sequence" or "stepwise" (module docstring), compared at PATH_BATCH rows;
+    ``rocm`` for an AMD GPU, ``sms`` the GPU's SMs."""
     if _forced is not None:
         return _forced
     if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
-    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms)
-    sequence = sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan, sms)
+    plan = sequence_plan(mode, PATH_BATCH, hidden_size, proj_size, dtype, sms)
+    sequence = sequence_step_seconds(mode, PATH_BATCH, hidden_size, proj_size, dtype, plan, sms)
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
 
 
@@ -189,7 +203,7 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
                  batch: int = 64, sms: int = REFERENCE_SMS, concurrent: bool = True) -> tuple[str, str]:
     """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step);
     ``concurrent`` as for ``sequence_plan``."""
-    path = choose_path(mode, hidden_size, proj_size, dtype, rocm, batch, sms)
+    path = choose_path(mode, hidden_size, proj_size, dtype, rocm, sms)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
     if rocm and _stepwise_on_rocm(mode, dtype):
@@ -201,7 +215,8 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
         shown.append(f"{name}{how} {seconds * 1e6:.2f} us")
     return path, (
-        f"predicted per step at batch {batch} on {sms} SMs: {', '.join(shown)} (cost model, estimates, unmeasured); "
+        f"predicted per step at batch {batch} on {sms} SMs: {', '.join(shown)} (cost model, estimates, unmeasured; "
+        f"the path is chosen at batch {PATH_BATCH}); "
         f"sequence plan: {tiles} batch tiles x {slices} hidden slices of {plan.columns(hidden_size)} units, "
         + ("one launch" if plan.one_launch else "one launch per step and phase")
     )

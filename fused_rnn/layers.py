@@ -53,7 +53,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * dirs)
     proj = getattr(module, "proj_size", 0)
-    path = choose_path(module.mode, module.hidden_size, proj, x.dtype, on_rocm(x.device), x.shape[1], device_sms(x.device))
+    path = choose_path(module.mode, module.hidden_size, proj, x.dtype, on_rocm(x.device), device_sms(x.device))
     h_n, c_n = [], []
     for layer in range(module.num_layers):
         outs = []

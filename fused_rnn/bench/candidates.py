@@ -65,7 +65,7 @@ def _fused(path: str) -> Callable[[Problem, float], Runner]:
         device = next(module.parameters()).device
         case = problem.case
         chosen = fused_rnn.choose_path(module.mode, module.hidden_size, module.proj_size, case.torch_dtype,
-                                       on_rocm(device), case.batch, device_sms(device))
+                                       on_rocm(device), device_sms(device))
         return Runner(forward, list(module.parameters()), note="dispatcher's choice" if chosen == path else "")
 
     return build
