@@ -439,7 +439,9 @@ def _grid_fits(kernel, grid: tuple[int, int], args: tuple, meta: dict, device: t
         return True
     key = (kernel.fn.__name__, device.index, tuple(sorted((k, str(v)) for k, v in meta.items())))
     if key not in _held:
-        compiled = kernel.warmup(*args, grid=grid, **meta)
+        with torch.cuda.device(device):
+            compiled = kernel.warmup(*args, grid=grid, **meta)
+            compiled._init_handles()  # loads the binary: what Triton does at a first launch; sets n_regs
         props = torch.cuda.get_device_properties(device)
         per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, meta["num_warps"], props)
         _held[key] = per_sm * props.multi_processor_count
