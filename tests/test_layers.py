@@ -249,7 +249,9 @@ def hidden_split_sizes(dtype, tf32: bool, proj: bool) -> tuple[int, int, int]:
     tile = sequence_blocks(4096, 4096, dtype, tf32)
     batch = tile.block_b + 3
     width = (2 * SLICES - 1) * tile.block_h + 1
-    hidden, proj_size = (width + 4, width) if proj else (width, 0)
+    # With a projection, H and P as far apart as the slices allow: code that walks one's slice in place of the
+    # other's leaves columns out.
+    hidden, proj_size = (2 * SLICES * tile.block_h - 1, width - tile.block_h) if proj else (width, 0)
     plan = make_plan(batch, hidden, dtype, SLICES, 132, concurrent=False)
     for units in (hidden, proj_size or hidden):
         per = plan.columns(units)
