@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 
@@ -55,8 +56,9 @@ class _Programs:
             self.join()
 
     def join(self) -> None:
+        deadline = time.monotonic() + self.timeout
         for thread in self.threads:
-            thread.join(self.timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         running = [t.name for t in self.threads if t.is_alive()]
         if running:
             raise TimeoutError(f"{len(running)} programs still running after {self.timeout} s: {running[:4]}")
