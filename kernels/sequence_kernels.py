@@ -271,7 +271,7 @@ def sequence_bwd_kernel(
     cs, s_cst, s_csb, s_csh,  # (T, B, H) saved cell states (LSTM)
     dg, s_dgt, s_dgb, s_dgg,  # out (T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
     dhs, s_dht, s_dhsb, s_dhsp,  # out (T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
-    dhbuf, s_dhp, s_dhb, s_dhh,  # state (2, B, R) dh carry (compute dtype) ping-pong: reverse step r reads dhbuf[r % 2]
+    dhbuf, s_dhb, s_dhh,  # state (B, R) dh carry (compute dtype), updated in place: each column has one owner
     dcbuf, s_dcb, s_dch,  # state (B, H) dc carry (compute dtype) (LSTM)
     sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the reverse steps r (time step T - 1 - r) this launch advances
@@ -282,7 +282,7 @@ def sequence_bwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
-    """Reverse steps [S_BEGIN, S_END); the carries (dhbuf[S_BEGIN % 2], dcbuf) are seeded by the launcher.
+    """Reverse steps [S_BEGIN, S_END); the carries (dhbuf, dcbuf) are seeded by the launcher.
 
     Phases per step: with a projection BWD_PROJ on this program's columns of R
     and a barrier (the gate gradients need all of dh W_hr); BWD_GATES on its
@@ -296,8 +296,6 @@ def sequence_bwd_kernel(
     sync_tile = sync + tl.program_id(0)
     for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
-        d_cur = dhbuf + (r_step % 2) * s_dhp
-        d_nxt = dhbuf + ((r_step + 1) % 2) * s_dhp
         t, active = _step_rows(s, lens, REVERSE)
         if REVERSE:
             tp = t + 1
@@ -310,10 +308,10 @@ def sequence_bwd_kernel(
             for j in range(r_lo, r_hi if (BWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
-                carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
+                carry = tl.load(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=m & active[:, None], other=0.0)
                 tl.store(_at(dhs, s_dht, s_dhsb, s_dhsp, t, rows, j, cols), tl.where(active[:, None], dh, 0.0), mask=m)
-                tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
+                tl.store(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
             _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
         # Phase A: gate gradients of this step, column block by column block.
         for j in range(h_lo, h_hi if (BWD_GATES & PHASES) else h_lo, BLOCK_H):
@@ -324,7 +322,7 @@ def sequence_bwd_kernel(
                 dh = _matmul_block(dhs, s_dht, s_dhsb, s_dhsp, t, 0, rows, rmask, R, w_hr, s_wrh, s_wrp, j, cols, H - j,
                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
-                carry = tl.load(_at(d_cur, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
+                carry = tl.load(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if CELL == 0:
@@ -360,7 +358,7 @@ def sequence_bwd_kernel(
                 tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
             if not HAS_PROJ:  # the carry of an inactive row passes through unchanged
                 nxt = tl.where(active[:, None], direct, carry)
-                tl.store(_at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
+                tl.store(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
         _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
         # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
@@ -378,7 +376,7 @@ def sequence_bwd_kernel(
             else:
                 acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, H - j,
                                     ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            p = _at(d_nxt, 0, s_dhb, s_dhh, zero_b, rows, j, cols)
+            p = _at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols)
             old = tl.load(p, mask=m, other=0.0)
             tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
         tl.debug_barrier()
@@ -516,7 +514,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     hbuf = new_output(xp.new_empty(0, dtype=acc), (2, B, R))
     hbuf[0].copy_(h0)
     is_lstm = cell == LSTM
-    cbuf = c0.to(acc, copy=True) if is_lstm else hbuf.new_empty(0)
+    cbuf = new_output(hbuf, (B, H)).copy_(c0) if is_lstm else hbuf.new_empty(0)
     save = save and SAVED[cell] > 0
     ws = new_output(hbuf, (T, B, SAVED[cell] * H) if save else (0,))
     cs = new_output(hbuf, (T, B, H) if save and is_lstm else (0,))
@@ -554,10 +552,9 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     acc = _compute_dtype(y.dtype)
     dg = new_output(y, (T, B, gs))
     dhs = new_output(y, (T, B, R) if w_hr is not None else (0,))
-    dhbuf = new_output(y.new_empty(0, dtype=acc), (2, B, R))
-    dhbuf[0].copy_(dh_n)
+    dhbuf = new_output(y.new_empty(0, dtype=acc), (B, R)).copy_(dh_n)
     is_lstm = cell == LSTM
-    dcbuf = dc_n.to(acc, copy=True) if is_lstm else dhbuf.new_empty(0)
+    dcbuf = new_output(dhbuf, (B, H)).copy_(dc_n) if is_lstm else dhbuf.new_empty(0)
     meta = _meta(cell, reverse, y.dtype, plan)
     meta.update(HAS_PROJ=w_hr is not None)
     w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
@@ -571,4 +568,4 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     if w_hr is not None:
         phases.insert(0, BWD_PROJ.value)
     _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)
-    return dg, dhbuf[T % 2].clone(), dcbuf, dhs
+    return dg, dhbuf, dcbuf, dhs

@@ -13,7 +13,11 @@ three things for the duration of a ``with`` block:
 - the last program's starter joins every thread with a timeout, inside the
   executor's loop (before it restores the language patch), and raises
   ``TimeoutError`` when a program is still running (a barrier that never
-  opens) or re-raises a program's error.
+  opens) or re-raises a program's error;
+- with ``straggler_s``, every store of the last program on grid axis 1 (the
+  last hidden slice of each batch tile) first sleeps that long, so that program
+  always arrives last: a barrier that lets the others go before it arrives
+  makes them read state it has not written yet.
 
 It depends on those three interpreter internals of triton 3.6 to 3.9; a Triton
 that changes them makes the tests that use it fail, not pass. It tests the
@@ -82,13 +86,26 @@ def _starter(fn, grid_dim: tuple[int, int, int], timeout: float):
 
 
 @contextlib.contextmanager
-def concurrent_programs(timeout: float = 60.0) -> Iterator[None]:
+def concurrent_programs(timeout: float = 60.0, straggler_s: float = 0.0) -> Iterator[None]:
     """Run every interpreted launch in the block with one thread per program (module docstring)."""
     builder = interpreter.interpreter_builder
     local = threading.local()
 
+    def straggle(self) -> None:
+        idx = getattr(local, "idx", None)
+        if straggler_s and idx is not None and idx[1] == self.grid_dim[1] - 1:
+            time.sleep(straggler_s)
+
     class ThreadLocalGrid(type(builder)):
         grid_idx = property(lambda self: getattr(local, "idx", None), lambda self, v: setattr(local, "idx", v))
+
+        def create_store(self, *args, **kwargs):
+            straggle(self)
+            return super().create_store(*args, **kwargs)
+
+        def create_masked_store(self, *args, **kwargs):
+            straggle(self)
+            return super().create_masked_store(*args, **kwargs)
 
     class ConcurrentExecutor(interpreter.GridExecutor):
         def __call__(self, *args, **kwargs):

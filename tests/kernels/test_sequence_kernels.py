@@ -83,14 +83,15 @@ BARRIER_CASES = [(K.LSTM, 0, False), (K.LSTM, P, True), (K.GRU, 0, True), (K.RNN
 def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, device):
     """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase) gives the
     same bits as one launch per step and phase (same code, same sums in the same order). In the interpreter the
-    one launch runs one thread per program, so its barriers really wait (``interpreter_threads``): a wrong
-    arrival count hangs (the join times out, or a wait gives up and the launcher raises), a wrong parity or a
-    missing barrier reads state not yet written (a different result)."""
+    one launch runs one thread per program, the last slice of each tile slowed down, so its barriers really
+    wait (``interpreter_threads``): too many expected arrivals hang (the join times out), too few, a wrong
+    parity or a missing barrier read state not yet written (a different result)."""
     stepped = make_plan(B, H, torch.float64, 3, 132, concurrent=False)
     persistent = make_plan(B, H, torch.float64, 3, 132, concurrent=True)
     assert persistent.barrier and not stepped.one_launch and stepped.grid(B) == persistent.grid(B) == (2, 3)
     want, stepped_launches = _forward_and_backward(cell, proj, reverse, stepped, device)
-    with concurrent_programs() if device == "cpu" else contextlib.nullcontext():
+    # The last slice of each tile stores slowly, so it always arrives last (a barrier that opens early shows).
+    with concurrent_programs(straggler_s=0.002) if device == "cpu" else contextlib.nullcontext():
         got, launches = _forward_and_backward(cell, proj, reverse, persistent, device)
     phases = 2 if proj else 1
     assert stepped_launches == {"sequence_fwd_kernel": T * phases, "sequence_bwd_kernel": T * (phases + 1)}
