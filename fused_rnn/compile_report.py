@@ -649,6 +649,18 @@ status 1 (after writing this file). Columns:
   target's limit: 163 KB on sm_80, 227 KB on sm_90, 64 KB of LDS on gfx942. The sequence
   kernels stream W_hh by BLOCK_K x BLOCK_H blocks every step, so what they keep on chip is
   one block (with the compiler's pipeline buffers): the lines under the table say whether it fits.
+- **programs / SM**: programs of the configuration one SM (CU) holds at once, from its
+  registers (NVIDIA: allocated per warp in units of 256 of 64K; AMD CDNA3: VGPRs in units of
+  8 of 512 per lane, at most 8 waves per SIMD, 4 SIMDs), shared memory and threads.
+- **held at once**: programs per SM times the target's SMs (108 on sm_80, 132 on sm_90, 304
+  CUs on gfx942): the largest grid whose programs are all resident together.
+
+The sequence kernels are captured under the dispatcher's plan for each target's SM count
+(hidden slices per batch tile; one launch with barriers when the grid fits) and, for a
+plan with several slices, also in the one-launch-per-step-and-phase form. A one-launch
+configuration with barriers fails when its grid is larger than the target holds at once
+(its programs would wait at the barrier for programs that cannot start); the lines under
+the table give the fullest one-launch grid per target.
 
 Each row shows the worst configuration of one kernel on one target, worst rows first,
 with the first grid case that picked it; `--json PATH` writes every configuration.
