@@ -228,12 +228,17 @@ def test_tile_crossing_shapes(cell, dtype, tf32, device, monkeypatch):
     """Packed unsorted lengths (spread over both batch programs), two bidirectional layers, h0/c0: the output,
     final states and every gradient against float64 torch.nn."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
-    proj = cell == "LSTM_proj"
-    batch, hidden, proj_size = tile_crossing_sizes(dtype, tf32, proj)
+    check_packed_bidirectional(cell, tile_crossing_sizes(dtype, tf32, cell == "LSTM_proj"), dtype, device)
+
+
+def check_packed_bidirectional(cell: str, sizes: tuple[int, int, int], dtype, device, slices=None) -> None:
+    """``check_against_torch`` for two bidirectional layers of (batch, hidden, proj_size) on packed unsorted
+    input of 3 steps whose lengths spread over every batch tile (``cell`` may be "LSTM_proj")."""
+    batch, hidden, proj_size = sizes
     lengths = [3, 1, 2, 3, 2] * (batch // 5) + [1, 3, 2, 1][: batch % 5]
     inputs = Inputs("packed_unsorted", False, device, seq_len=3, batch=batch, input_size=4, lengths=lengths)
-    kwargs = dict(num_layers=2, bidirectional=True, hidden=hidden) | ({"proj_size": proj_size} if proj else {})
-    check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, **kwargs)
+    kwargs = dict(num_layers=2, bidirectional=True, hidden=hidden) | ({"proj_size": proj_size} if proj_size else {})
+    check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, slices=slices, **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -266,12 +271,8 @@ def test_hidden_split_shapes(cell, dtype, device, monkeypatch):
     packed unsorted lengths over both batch tiles, two bidirectional layers, h0/c0, output, final states and
     every gradient."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    proj = cell == "LSTM_proj"
-    batch, hidden, proj_size = hidden_split_sizes(dtype, False, proj)
-    lengths = [3, 1, 2, 3, 2] * (batch // 5) + [1, 3, 2, 1][: batch % 5]
-    inputs = Inputs("packed_unsorted", False, device, seq_len=3, batch=batch, input_size=4, lengths=lengths)
-    kwargs = dict(num_layers=2, bidirectional=True, hidden=hidden) | ({"proj_size": proj_size} if proj else {})
-    check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, slices=SLICES, **kwargs)
+    sizes = hidden_split_sizes(dtype, False, cell == "LSTM_proj")
+    check_packed_bidirectional(cell, sizes, dtype, device, slices=SLICES)
 
 
 @pytest.mark.parametrize("cell", CELLS)
