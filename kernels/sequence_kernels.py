@@ -431,11 +431,11 @@ def _grid_fits(kernel, grid: tuple[int, int], args: tuple, meta: dict, device: t
 
     Compiles the kernel (Triton's cache makes that a lookup after the first
     call) and reads its registers and shared memory; the answer is cached per
-    configuration and device.
+    configuration, storage dtype and device.
     """
     if device.type != "cuda":  # meta tensors (the compile report): the plan's own estimate stands
         return True
-    key = (kernel.fn.__name__, device.index, tuple(sorted((k, str(v)) for k, v in meta.items())))
+    key = (kernel.fn.__name__, device.index, args[0].dtype, tuple(sorted((k, str(v)) for k, v in meta.items())))
     if key not in _held:
         with torch.cuda.device(device):
             compiled = kernel.warmup(*args, grid=grid, **meta)
