@@ -72,9 +72,9 @@ def _slices(mode: str, batch: int, hidden: int, proj: int, dtype: torch.dtype, s
     chosen = sequence_plan(mode, batch, hidden, proj, dtype, sms).slices
     if chosen > 1:
         return chosen
-    block_h = make_plan(batch, hidden, dtype, 1, sms, True).blocks.block_h
-    tiles = make_plan(batch, hidden, dtype, 1, sms, True).grid(batch)[0]
-    return max(n for n in slice_choices(hidden, proj, block_h) if n == 1 or tiles * n <= sms)
+    one = make_plan(batch, hidden, dtype, 1, sms, True)
+    tiles = one.grid(batch)[0]
+    return max(n for n in slice_choices(hidden, proj, one.blocks.block_h) if n == 1 or tiles * n <= sms)
 
 
 def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool, device, sms: int) -> bool:
