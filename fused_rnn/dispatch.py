@@ -37,7 +37,8 @@ their sequence kernels spill scalar registers on gfx942 (``fused_rnn.compile_rep
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator
 
 import torch
 import triton
@@ -84,8 +85,7 @@ def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int
     """The plan with ``slices`` programs per batch tile; one launch when the programs run concurrently
     (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
     blocks = sequence_blocks(batch, hidden, dtype, _tf32(dtype))
-    plan = SequencePlan(blocks, slices, one_launch=True)
-    fits = plan.grid(batch)[0] * slices <= sms * PROGRAMS_PER_SM
+    fits = triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
     return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits))
 
 
@@ -126,6 +126,24 @@ def slice_choices(hidden_size: int, proj_size: int, block_h: int) -> list[int]:
         width *= 2
 
 
+@functools.lru_cache(maxsize=4096)
+def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype, tf32: bool,
+                  sms: int) -> tuple[tuple[float, SequencePlan], ...]:
+    """(modelled seconds per step, plan) of every slice choice, one launch where the GPU holds the grid.
+
+    Cached: the layers ask at every call. ``tf32`` (which ``sequence_blocks``
+    reads through ``_tf32``) is part of the key only so that the cache follows the switch.
+    """
+    block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
+    plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
+    return tuple((sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p) for p in plans)
+
+
+def _cheapest(costed: Iterable[tuple[float, SequencePlan]]) -> tuple[float, SequencePlan]:
+    """The least modelled time; ties go to fewer slices."""
+    return min(costed, key=lambda c: (c[0], c[1].slices))
+
+
 def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
                   sms: int = REFERENCE_SMS, concurrent: bool = True) -> SequencePlan:
     """The sequence kernels' plan for one layer: the slices of least modelled time per step (ties: fewer).
@@ -136,10 +154,8 @@ def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     """
     if _forced_slices is not None:
         return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent)
-    block_h = sequence_blocks(batch, hidden_size, dtype, _tf32(dtype)).block_h
-    plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
-    best = min(plans, key=lambda p: (sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p.slices))
-    return make_plan(batch, hidden_size, dtype, best.slices, sms, concurrent)
+    _, best = _cheapest(_costed_plans(mode, batch, hidden_size, proj_size, dtype, _tf32(dtype), sms))
+    return best if concurrent else make_plan(batch, hidden_size, dtype, best.slices, sms, concurrent)
 
 
 def device_sms(device: torch.device) -> int:
@@ -174,8 +190,7 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
         return _forced
     if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
-    plan = sequence_plan(mode, PATH_BATCH, hidden_size, proj_size, dtype, sms)
-    sequence = sequence_step_seconds(mode, PATH_BATCH, hidden_size, proj_size, dtype, plan, sms)
+    sequence, _ = _cheapest(_costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, _tf32(dtype), sms))
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
 
 
@@ -183,18 +198,11 @@ def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dty
                     sms: int = REFERENCE_SMS) -> dict[str, tuple[float, SequencePlan | None]]:
     """Modelled seconds per step of each path: "batch-tiled" (one slice), "hidden-split" (the chosen plan,
     or the best with several slices when one slice wins) and "stepwise", each with its plan."""
-    block_h = sequence_blocks(batch, hidden_size, dtype, _tf32(dtype)).block_h
-    tiled = make_plan(batch, hidden_size, dtype, 1, sms, True)
-    split = [make_plan(batch, hidden_size, dtype, n, sms, True)
-             for n in slice_choices(hidden_size, proj_size, block_h) if n > 1]
-
-    def cost(plan: SequencePlan) -> float:
-        return sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan, sms)
-
-    out = {"batch-tiled": (cost(tiled), tiled)}
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, _tf32(dtype), sms)
+    out = {"batch-tiled": next(c for c in costed if c[1].slices == 1)}
+    split = [c for c in costed if c[1].slices > 1]
     if split:
-        best = min(split, key=lambda p: (cost(p), p.slices))
-        out["hidden-split"] = (cost(best), best)
+        out["hidden-split"] = _cheapest(split)
     out["stepwise"] = (stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
     return out
 
