@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import triton
 
-from .kernels.launch import SequencePlan, sequence_blocks
+from .kernels.launch import SequencePlan, sequence_blocks, tf32_products
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 # Estimates, not measurements:
@@ -77,14 +77,10 @@ def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: t
     return elements * dtype.itemsize
 
 
-def _tf32(dtype: torch.dtype) -> bool:
-    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-
-
 def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int, concurrent: bool) -> SequencePlan:
     """The plan with ``slices`` programs per batch tile; one launch when the programs run concurrently
     (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
-    blocks = sequence_blocks(batch, hidden, dtype, _tf32(dtype))
+    blocks = sequence_blocks(batch, hidden, dtype, tf32_products(dtype))
     fits = triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
     return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits))
 
@@ -132,7 +128,7 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     """(modelled seconds per step, plan) of every slice choice, one launch where the GPU holds the grid.
 
     Cached: the layers ask at every call. ``tf32`` (which ``sequence_blocks``
-    reads through ``_tf32``) is part of the key only so that the cache follows the switch.
+    reads through ``tf32_products``) is part of the key only so that the cache follows the switch.
     """
     block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
     plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
@@ -154,7 +150,7 @@ def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     """
     if _forced_slices is not None:
         return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent)
-    _, best = _cheapest(_costed_plans(mode, batch, hidden_size, proj_size, dtype, _tf32(dtype), sms))
+    _, best = _cheapest(_costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms))
     return best if concurrent else make_plan(batch, hidden_size, dtype, best.slices, sms, concurrent)
 
 
@@ -190,7 +186,7 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
         return _forced
     if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
-    sequence, _ = _cheapest(_costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, _tf32(dtype), sms))
+    sequence, _ = _cheapest(_costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms))
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
 
 
@@ -198,7 +194,7 @@ def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dty
                     sms: int = REFERENCE_SMS) -> dict[str, tuple[float, SequencePlan | None]]:
     """Modelled seconds per step of each path: "batch-tiled" (one slice), "hidden-split" (the chosen plan,
     or the best with several slices when one slice wins) and "stepwise", each with its plan."""
-    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, _tf32(dtype), sms)
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms)
     out = {"batch-tiled": next(c for c in costed if c[1].slices == 1)}
     split = [c for c in costed if c[1].slices > 1]
     if split:

@@ -109,6 +109,12 @@ def new_output(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
+def tf32_products(dtype: torch.dtype) -> bool:
+    """Whether the sequence kernels' fp32 products use TF32: they follow cuDNN's RNN switch
+    (``torch.backends.cudnn.allow_tf32``), as torch.nn's recurrent layers do on a GPU."""
+    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
 @dataclass(frozen=True)
 class SequenceBlocks:
     """Tile of a sequence kernel: BLOCK_B batch rows per program, BLOCK_H output units and

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .cell_math import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
-from .launch import SequencePlan, interpreting, launch, new_output
+from .launch import SequencePlan, interpreting, launch, new_output, tf32_products
 
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
 CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU}
@@ -391,8 +391,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _meta(cell: int, reverse: bool, dtype: torch.dtype, plan: SequencePlan) -> dict:
     """The constexprs and launch options of a sequence kernel."""
-    # fp32 products follow cuDNN's RNN switch, as torch.nn.LSTM does on a GPU.
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    tf32 = tf32_products(dtype)
     blocks = plan.blocks
     meta = dict(
         CELL=cell, REVERSE=reverse, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
@@ -435,7 +434,7 @@ def _grid_fits(kernel, grid: tuple[int, int], args: tuple, meta: dict, device: t
     """
     if device.type != "cuda":  # meta tensors (the compile report): the plan's own estimate stands
         return True
-    key = (kernel.fn.__name__, device.index, args[0].dtype, tuple(sorted((k, str(v)) for k, v in meta.items())))
+    key = (kernel.fn.__name__, device.index, args[0].dtype, tuple(meta.items()))
     if key not in _held:
         with torch.cuda.device(device):
             compiled = kernel.warmup(*args, grid=grid, **meta)
