@@ -18,7 +18,9 @@ not run as one launch.
 
 Without a GPU (Triton's interpreter, ``--quick`` sizes: the rehearsal of
 benchmarks/gpu_run.sh) the one-launch form runs with one thread per program
-(tests/interpreter_threads.py), which tests the protocol, not GPU memory ordering.
+(tests/interpreter_threads.py), the last hidden slice of each batch tile storing
+STRAGGLER_S late as in tests/kernels/test_sequence_kernels.py, so a barrier that
+opens early shows; that tests the protocol, not GPU memory ordering.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from fused_rnn.kernels import sequence_kernels as K
 from fused_rnn.kernels.launch import count_launches, interpreting, poison_outputs
 
 T = 8
+# Interpreter only: each store of the last hidden slice of a batch tile waits this long, so that slice always
+# arrives last at the barrier (as in the unit test, tests/kernels/test_sequence_kernels.py).
+STRAGGLER_S = 0.02
 CELLS = {"lstm": (K.LSTM, False), "lstm_proj": (K.LSTM, True), "gru": (K.GRU, False), "rnn_tanh": (K.RNN_TANH, False),
          "rnn_relu": (K.RNN_RELU, False)}
 
@@ -105,11 +110,12 @@ def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool,
 
 @contextlib.contextmanager
 def concurrent():
-    """One thread per program in Triton's interpreter (the CPU rehearsal), from the test suite's helper."""
+    """One thread per program in Triton's interpreter (the CPU rehearsal), the last slice of each batch tile
+    straggling, from the test suite's helper."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
     from interpreter_threads import concurrent_programs
 
-    with concurrent_programs():
+    with concurrent_programs(straggler_s=STRAGGLER_S):
         yield
 
 
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     sms = device_sms(device)
     batches, hiddens = ((19,), (40,)) if args.quick else ((1, 16, 64, 256), (256, 768, 2048))
     cases = [(name, torch.bfloat16) for name in CELLS] + ([] if args.quick else [("lstm", torch.float32)])
+    if interpreting():
+        print(f"interpreter: the one launch runs one thread per program, each store of the last hidden slice of "
+              f"a batch tile {STRAGGLER_S} s late", flush=True)
     ok, total = 0, 0
     for i, (name, dtype) in enumerate(cases):
         for batch in batches:

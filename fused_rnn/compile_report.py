@@ -13,8 +13,11 @@ and the resources of each binary are read back: ``cuobjdump
     python -m fused_rnn.compile_report [--quick] [--targets sm_80,sm_90,gfx942]
                                        [--markdown PATH] [--json PATH] [--jobs N]
 
-Exits with status 1 when any configuration fails to compile, spills registers,
-uses local (scratch) memory, or needs more shared memory than its target has.
+Exits with status 1, naming each failing configuration under the table, when
+any configuration fails to compile, spills registers, uses local (scratch)
+memory, needs more shared memory than its target has, or is a one-launch grid
+(with barriers) larger than its target holds at once; or when no case reaches
+some kernel on some target.
 
 Capture and compilation run in worker processes started without
 TRITON_INTERPRET, so the kernels are real JIT functions there and no
@@ -30,6 +33,7 @@ import datetime
 import functools
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -582,7 +586,7 @@ def one_launch_grids(report: Report) -> list[str]:
     for target in report.targets:
         grids = [r for r in report.results if r.one_launch and r.usage and r.config.target == target]
         if grids:
-            worst = max(grids, key=lambda r: r.one_launch / r.held())
+            worst = max(grids, key=lambda r: r.one_launch / r.held() if r.held() else math.inf)
             verdict = "fits" if worst.one_launch <= worst.held() else "DOES NOT FIT"
             lines.append(
                 f"- One-launch grids on {target} ({TARGETS[target].sms} SMs or CUs): {len(grids)} configurations, fullest "
@@ -592,10 +596,23 @@ def one_launch_grids(report: Report) -> list[str]:
     return lines
 
 
+SHOWN_FAILURES = 20  # failing configurations named under the table; --json has them all
+
+
+def failures(report: Report) -> list[str]:
+    """One line per failing configuration, worst first: kernel, target, the case that picked it, what is wrong."""
+    failing = sorted((r for r in report.results if r.problems()), key=_severity)
+    lines = [f"- FAILING: {r.config.kernel} on {r.config.target} ({report.examples[r.config]}: {r.config.label}): "
+             f"{'; '.join(r.problems())}" for r in failing[:SHOWN_FAILURES]]
+    if len(failing) > SHOWN_FAILURES:
+        lines.append(f"- ... and {len(failing) - SHOWN_FAILURES} more failing configurations (--json has them all)")
+    return lines
+
+
 def summary(report: Report) -> str:
     """The table, whether the W_hh tile fits, the one-launch grids, what failed and how long it took."""
     failing = sum(bool(r.problems()) for r in report.results)
-    lines = [summary_table(report), "", *w_hh_tile(report), *one_launch_grids(report)]
+    lines = [summary_table(report), "", *w_hh_tile(report), *one_launch_grids(report), *failures(report)]
     lines += [f"- NOT COVERED by any case: {u}" for u in report.uncovered]
     lines.append(
         f"- {report.cases} cases -> {len(report.results)} configurations on {', '.join(report.targets)}; "
@@ -636,8 +653,9 @@ target. Resources come from `cuobjdump --dump-resource-usage` on the cubin (NVID
 and from the kernel metadata in the amdgcn text (AMD).
 
 A configuration fails when it does not compile, spills registers, uses local (scratch)
-memory, or needs more shared memory than its target has; the command then exits with
-status 1 (after writing this file). Columns:
+memory, or needs more shared memory than its target has (or is a one-launch grid larger than
+the target holds, below); the command then exits with status 1 (after writing this file) and
+names each failing configuration under the table. Columns:
 
 - **configs / failing**: distinct configurations of the kernel on the target, and how many fail.
 - **regs**: registers per thread (NVIDIA `REG`; AMD `.vgpr_count`, VGPRs and AGPRs).

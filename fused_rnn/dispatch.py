@@ -37,6 +37,7 @@ their sequence kernels spill scalar registers on gfx942 (``fused_rnn.compile_rep
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterable, Iterator
 
@@ -47,9 +48,10 @@ from .kernels.launch import SequencePlan, sequence_blocks, tf32_products
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 # Estimates, not measurements:
-# - one SM's L2 read bandwidth: an H100's L2 gives about 10 TB/s over 132 SMs, which one SM streaming alone
-#   does not reach; 100 GB/s is the conservative figure the project has used since the batch-tiled kernel.
-L2_BYTES_PER_S_PER_PROGRAM = 1.0e11
+# - one SM's L2 read bandwidth with every SM reading: gpu-benches' gpu-l2-cache measures about 5.4 TB/s on an
+#   A100 (108 SMs), 7 TB/s on an H100 PCIe (114) and 10 TB/s on an H200 (132): 35-40 bytes per clock per SM,
+#   about 72 GB/s per SM at H100/H200 clocks.
+L2_BYTES_PER_S_PER_PROGRAM = 7.2e10
 # - one barrier of the programs of a tile: an atomic add and acquire polls through L2, about 1 us
 #   (GPU-scope atomics take ~0.5 us round trip; persistent-RNN papers report 0.5-2 us per grid barrier).
 BARRIER_S = 1.0e-6
@@ -62,12 +64,24 @@ DRAM_BYTES_PER_S = 3.0e12
 L2_BYTES = 50e6
 # The GPU the plans assume where none is present (the interpreter, meta tensors): an H100 SXM's SMs.
 REFERENCE_SMS = 132
+# The compiled code (docs/sequence-kernels.md) keeps a weight-stationary program's W_hh slice in shared memory,
+# loaded once before the time loop, beside its h tile (the product's other operand): their bytes must fit the
+# shared memory one program may have (227 KB on sm_90 and on the reference GPU, 163 KB on sm_80, 64 KB on gfx942),
+# less a margin for the kernel's own scratch (read from the compiled kernels: 1 KB).
+REFERENCE_SHARED = 232448
+SHARED_MARGIN = 4096
+# Units per weight-stationary program: tl.dot's smallest N.
+RESIDENT_BLOCK_H = 16
+# Batch tile heights a weight-stationary plan weighs: more rows keep fewer copies of W but read more h per program.
+RESIDENT_ROWS = (16, 32, 64)
 # Sequence programs held per SM that the plans count on: 8 warps of at most 255 registers fill an SM's 64K
 # registers exactly, so one always fits (the launcher checks the compiled kernel before a one-launch grid).
 PROGRAMS_PER_SM = 1
 
 _forced: str | None = None
 _forced_slices: int | None = None
+_forced_resident: bool = False
+_forced_rows: int | None = None
 
 
 def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
@@ -78,11 +92,32 @@ def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: t
 
 
 def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int, concurrent: bool) -> SequencePlan:
-    """The plan with ``slices`` programs per batch tile; one launch when the programs run concurrently
+    """The streaming plan with ``slices`` programs per batch tile; one launch when the programs run concurrently
     (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
     blocks = sequence_blocks(batch, hidden, dtype, tf32_products(dtype))
     fits = triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
     return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits))
+
+
+def resident_plan(batch: int, hidden: int, dtype: torch.dtype, sms: int, concurrent: bool,
+                  rows: int = RESIDENT_ROWS[0]) -> SequencePlan:
+    """The weight-stationary plan: batch tiles of ``rows`` rows, each split into programs of RESIDENT_BLOCK_H
+    units that keep their slice of W_hh on chip; one launch as for ``make_plan``."""
+    blocks = dataclasses.replace(sequence_blocks(batch, hidden, dtype, tf32_products(dtype)), block_b=rows,
+                                 block_h=RESIDENT_BLOCK_H, block_k=RESIDENT_BLOCK_H)
+    slices = triton.cdiv(max(hidden, 1), RESIDENT_BLOCK_H)
+    fits = triton.cdiv(batch, rows) * slices <= sms * PROGRAMS_PER_SM
+    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), resident=True)
+
+
+def resident_bytes(mode: str, hidden_size: int, dtype: torch.dtype, rows: int) -> int:
+    """Shared memory of one weight-stationary program: its W_hh slice (RESIDENT_BLOCK_H units of every gate, the
+    gates padded to a power of two, over the reduction width padded to a power of two; H bounds R) and its h tile
+    of ``rows`` rows in the compute dtype. Equal to what the compiled kernels allocate (compile report)."""
+    width = triton.next_power_of_2(max(hidden_size, 1))
+    state_bytes = 8 if dtype == torch.float64 else 4
+    gates = triton.next_power_of_2(GATES[mode])
+    return gates * RESIDENT_BLOCK_H * width * dtype.itemsize + rows * width * state_bytes
 
 
 def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
@@ -92,7 +127,10 @@ def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     state_bytes = 8 if dtype == torch.float64 else 4  # h is kept in the compute dtype
     rows = plan.blocks.block_b
     cols_h, cols_r = min(plan.columns(hidden_size), hidden_size), min(plan.columns(state), state)
-    weights = GATES[mode] * cols_h * state + (cols_r * hidden_size if proj_size > 0 else 0)
+    # W_hh on chip across a one-launch run: only W_hr (streamed) is read per step; W_hh's load once per launch
+    # is left out (T steps share it).
+    stationary = plan.resident and plan.one_launch
+    weights = (0 if stationary else GATES[mode] * cols_h * state) + (cols_r * hidden_size if proj_size > 0 else 0)
     reads = weights * dtype.itemsize + rows * state * state_bytes + (rows * hidden_size * dtype.itemsize if proj_size else 0)
     tiles, slices = plan.grid(batch)
     waves = triton.cdiv(tiles * slices, sms * PROGRAMS_PER_SM)
@@ -124,7 +162,7 @@ def slice_choices(hidden_size: int, proj_size: int, block_h: int) -> list[int]:
 
 @functools.lru_cache(maxsize=4096)
 def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype, tf32: bool,
-                  sms: int) -> tuple[tuple[float, SequencePlan], ...]:
+                  sms: int, shared: int) -> tuple[tuple[float, SequencePlan], ...]:
     """(modelled seconds per step, plan) of every slice choice, one launch where the GPU holds the grid.
 
     Cached: the layers ask at every call. ``tf32`` (which ``sequence_blocks``
@@ -132,26 +170,37 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     """
     block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
     plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
+    plans += [p for p in (resident_plan(batch, hidden_size, dtype, sms, True, rows) for rows in resident_rows(batch))
+              if p.one_launch and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
     return tuple((sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p) for p in plans)
 
 
+def resident_rows(batch: int) -> list[int]:
+    """Batch tile heights a weight-stationary plan may take at ``batch``: RESIDENT_ROWS up to the first that
+    holds the whole batch."""
+    rows = [r for r in RESIDENT_ROWS if r < batch]
+    return rows + [next((r for r in RESIDENT_ROWS if r >= batch), RESIDENT_ROWS[-1])]
+
+
 def _cheapest(costed: Iterable[tuple[float, SequencePlan]]) -> tuple[float, SequencePlan]:
-    """The least modelled time; ties go to fewer slices."""
-    return min(costed, key=lambda c: (c[0], c[1].slices))
+    """The least modelled time; ties go to fewer programs (fewer slices, then fewer batch tiles)."""
+    return min(costed, key=lambda c: (c[0], c[1].slices, -c[1].blocks.block_b))
 
 
 def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                  sms: int = REFERENCE_SMS, concurrent: bool = True) -> SequencePlan:
+                  sms: int = REFERENCE_SMS, concurrent: bool = True, shared: int = REFERENCE_SHARED) -> SequencePlan:
     """The sequence kernels' plan for one layer: the slices of least modelled time per step (ties: fewer).
 
-    ``sms``: the GPU's SMs; ``concurrent``: whether a launch's programs run at
-    once (False in Triton's interpreter, which then runs the chosen plan one
+    ``sms``: the GPU's SMs; ``shared``: the shared memory one program may have;
+    ``concurrent``: whether a launch's programs run at once (False in Triton's interpreter, which then runs the chosen plan one
     step and phase per launch). ``force_path(..., slices=n)`` sets the slices.
     """
+    if _forced_resident:
+        return resident_plan(batch, hidden_size, dtype, sms, concurrent, _forced_rows or RESIDENT_ROWS[0])
     if _forced_slices is not None:
         return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent)
-    _, best = _cheapest(_costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms))
-    return best if concurrent else make_plan(batch, hidden_size, dtype, best.slices, sms, concurrent)
+    _, best = _cheapest(_costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared))
+    return best if concurrent else dataclasses.replace(best, one_launch=best.slices == 1)
 
 
 def device_sms(device: torch.device) -> int:
@@ -159,6 +208,14 @@ def device_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return REFERENCE_SMS
+
+
+def device_shared(device: torch.device) -> int:
+    """Shared memory (LDS) one program may have on a GPU device; REFERENCE_SHARED for any other device."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
+    return REFERENCE_SHARED
 
 
 def _stepwise_on_rocm(mode: str, dtype: torch.dtype) -> bool:
@@ -179,65 +236,76 @@ PATH_BATCH = 64
 
 @torch.compiler.assume_constant_result
 def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
-                sms: int = REFERENCE_SMS) -> str:
+                sms: int = REFERENCE_SMS, shared: int = REFERENCE_SHARED) -> str:
     """The path for one layer, "sequence" or "stepwise" (module docstring), compared at PATH_BATCH rows;
     ``rocm`` for an AMD GPU, ``sms`` the GPU's SMs."""
     if _forced is not None:
         return _forced
     if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
-    sequence, _ = _cheapest(_costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms))
+    sequence, _ = _cheapest(_costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared))
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
 
 
 def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                    sms: int = REFERENCE_SMS) -> dict[str, tuple[float, SequencePlan | None]]:
-    """Modelled seconds per step of each path: "batch-tiled" (one slice), "hidden-split" (the chosen plan,
-    or the best with several slices when one slice wins) and "stepwise", each with its plan."""
-    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms)
-    out = {"batch-tiled": next(c for c in costed if c[1].slices == 1)}
-    split = [c for c in costed if c[1].slices > 1]
-    if split:
-        out["hidden-split"] = _cheapest(split)
+                    sms: int = REFERENCE_SMS, shared: int = REFERENCE_SHARED) -> dict[str, tuple[float, SequencePlan | None]]:
+    """Modelled seconds per step of each path: "batch-tiled" (one slice streaming W_hh), "hidden-split" (the
+    best with several slices streaming W_hh), "weight-stationary" (the best plan keeping W_hh on chip, where one
+    fits) and "stepwise", each with its plan."""
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared)
+    streaming = [c for c in costed if not c[1].resident]
+    out = {"batch-tiled": next(c for c in streaming if c[1].slices == 1)}
+    for name, chosen in (("hidden-split", [c for c in streaming if c[1].slices > 1]),
+                         ("weight-stationary", [c for c in costed if c[1].resident])):
+        if chosen:
+            out[name] = _cheapest(chosen)
     out["stepwise"] = (stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
     return out
 
 
 def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
-                 batch: int = 64, sms: int = REFERENCE_SMS, concurrent: bool = True) -> tuple[str, str]:
+                 batch: int = 64, sms: int = REFERENCE_SMS, concurrent: bool = True,
+                 shared: int = REFERENCE_SHARED) -> tuple[str, str]:
     """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step);
     ``concurrent`` as for ``sequence_plan``."""
-    path = choose_path(mode, hidden_size, proj_size, dtype, rocm, sms)
+    path = choose_path(mode, hidden_size, proj_size, dtype, rocm, sms, shared)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
     if rocm and _stepwise_on_rocm(mode, dtype):
         return path, f"on AMD GPUs the {mode} sequence kernels spill registers in {dtype} (compile report)"
-    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent)
+    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared)
     tiles, slices = plan.grid(batch)
     shown = []
-    for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms).items():
+    for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared).items():
         how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
         shown.append(f"{name}{how} {seconds * 1e6:.2f} us")
     return path, (
         f"predicted per step at batch {batch} on {sms} SMs: {', '.join(shown)} (cost model, estimates, unmeasured; "
         f"the path is chosen at batch {PATH_BATCH}); "
-        f"sequence plan: {tiles} batch tiles x {slices} hidden slices of {plan.columns(hidden_size)} units, "
+        f"sequence plan: {tiles} batch tiles of {plan.blocks.block_b} rows x {slices} hidden slices of "
+        f"{plan.columns(hidden_size)} units, W_hh " + ("on chip" if plan.resident else "streamed from L2") + ", "
         + ("one launch" if plan.one_launch else "one launch per step and phase")
     )
 
 
 @contextlib.contextmanager
-def force_path(path: str | None, slices: int | None = None) -> Iterator[None]:
+def force_path(path: str | None, slices: int | None = None, resident: bool = False,
+               rows: int | None = None) -> Iterator[None]:
     """Run every layer in the block on ``path`` ("sequence" or "stepwise"; None restores the heuristic), the
-    sequence kernels with ``slices`` hidden slices per batch tile (None: the cost model's choice)."""
-    global _forced, _forced_slices
+    sequence kernels with ``slices`` hidden slices per batch tile streaming W_hh (None: the cost model's
+    choice), or with ``resident`` the weight-stationary plan with batch tiles of ``rows`` rows (default 16)."""
+    global _forced, _forced_slices, _forced_resident, _forced_rows
     if path not in (None, "sequence", "stepwise"):
         raise ValueError(f"unknown path {path!r}")
     if slices is not None and slices < 1:
         raise ValueError(f"slices must be at least 1, got {slices}")
-    previous = _forced, _forced_slices
-    _forced, _forced_slices = path, slices
+    if resident and slices is not None:
+        raise ValueError("a weight-stationary plan's slices follow from the hidden size: give slices or resident")
+    if rows is not None and (not resident or rows < 16 or rows & (rows - 1)):
+        raise ValueError(f"rows is a power of two >= 16 of a resident plan, got {rows}")
+    previous = _forced, _forced_slices, _forced_resident, _forced_rows
+    _forced, _forced_slices, _forced_resident, _forced_rows = path, slices, resident, rows
     try:
         yield
     finally:
-        _forced, _forced_slices = previous
+        _forced, _forced_slices, _forced_resident, _forced_rows = previous

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .dispatch import device_sms, explain_path, on_rocm
+from .dispatch import device_shared, device_sms, explain_path, on_rocm
 from .kernels.launch import interpreting
 
 log = logging.getLogger("fused_rnn")
@@ -49,7 +49,8 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
     if not isinstance(module, nn.RNNBase):
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
     path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype, on_rocm(x.device),
-                             _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda")
+                             _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda",
+                             shared=device_shared(x.device))
     what = {"sequence": "Triton sequence kernel",
             "stepwise": "stepwise (a torch matmul and a Triton cell kernel per time step)"}[path]
     return "\n".join(f"{name} layer {k}: {what}: {why}" for k in range(module.num_layers))

@@ -43,8 +43,8 @@ def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: to
     one step and phase per launch (its programs run one after another)."""
     hidden = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
     proj = w_hh.shape[1] if w_hr is not None else 0
-    sms = dispatch.device_sms(device)
-    return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, concurrent=not interpreting())
+    sms, shared = dispatch.device_sms(device), dispatch.device_shared(device)
+    return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared)
 
 
 def project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:

@@ -164,12 +164,16 @@ class SequencePlan:
     each owning ``columns(width)`` hidden units (a multiple of BLOCK_H) of every
     gate. With several slices the programs of a tile meet at a barrier between
     phases: in one launch over the whole sequence when ``one_launch`` (the GPU
-    must hold the grid at once), else one launch per step and phase.
+    must hold the grid at once), else one launch per step and phase. When
+    ``resident`` each program owns one block of BLOCK_H units and keeps its
+    slice of W_hh on chip for the whole launch (weight-stationary), else it
+    streams the slice from L2 every step.
     """
 
     blocks: SequenceBlocks
     slices: int = 1
     one_launch: bool = True
+    resident: bool = False
 
     def columns(self, width: int) -> int:
         """Units of a ``width``-wide state each program owns."""

@@ -112,37 +112,124 @@ def _step_rows(s, lengths, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _resident_slice(w, s_wr, s_wk, row0, nrows, K, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """W[row0 + col, k] for col < BLOCK_H and k < KP as a (KP, BLOCK_H) tile, zero where col >= nrows or k >= K:
+    a program's slice of one gate of W, loaded before the time loop and kept on chip (KP > 0); 0 when KP is 0
+    (W streamed from L2 every step). ``row0`` is an int64 offset."""
+    if KP > 0:
+        kk = tl.arange(0, KP)
+        cols = tl.arange(0, BLOCK_H)
+        return tl.load(w + row0 * s_wr + cols[None, :] * s_wr + kk[:, None] * s_wk,
+                       mask=(kk < K)[:, None] & (cols < nrows)[None, :], other=0.0)
+    else:
+        return 0
+
+
+@triton.jit
 def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk, w_row0, cols, ncols,
+                  w_res, KP: tl.constexpr,
                   ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(BLOCK_B, BLOCK_H) block of A[t, rows, a_col0 : a_col0 + K] @ W[w_row0 + cols, :K]^T, streaming K.
+    """(BLOCK_B, BLOCK_H) block of A[t, rows, a_col0 : a_col0 + K] @ W[w_row0 + cols, :K]^T.
 
     ``t`` is a per-row time index into A (zeros for a 2-D A); ``cols`` run over
     0..BLOCK_H and only the first ``ncols`` are real.
 
-    ``w`` is addressed as W[r, k] = w + r * s_wr + k * s_wk, so the same code
-    multiplies by W_hh^T (forward) or, with the strides swapped, by W_hh (backward).
+    With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_H) tile that
+    ``_resident_slice`` loaded before the time loop (KP: K padded to a power of
+    two), and one product over the whole reduction width reads only A. With KP
+    = 0 W is streamed from ``w``, addressed as W[r, k] = w + r * s_wr + k *
+    s_wk (the same code multiplies by W_hh^T forward or, with the strides
+    swapped, by W_hh backward), by (BLOCK_K x BLOCK_H) blocks.
     """
-    acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    for k0 in range(0, K, BLOCK_K):
-        kk = tl.arange(0, BLOCK_K)
-        ks = k0 + kk
-        kmask = ks < K
-        # A is state other programs of the tile wrote. It is read after the barrier's acquire at GPU scope, which
-        # invalidates this SM's L1 (NVIDIA; AMD likewise), so no stale line is served; ".cg" (L2 only) marks it
-        # where the load stays a load (the pipeliner turns it into cp.async, which has no 4-byte L2-only form).
-        x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
-                    mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
-        # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
-        w_k = w + tl.cast(k0, tl.int64) * s_wk
-        wt = tl.load(w_k + (w_row0 + cols)[None, :] * s_wr + kk[:, None] * s_wk,
-                     mask=kmask[:, None] & (cols < ncols)[None, :], other=0.0)
-        x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
+    if KP > 0:
+        kk = tl.arange(0, KP)
+        # A: state other programs wrote, read after the barrier's acquire (see below for ".cg").
+        x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + kk)[None, :] * s_ak,
+                    mask=rmask[:, None] & (kk < K)[None, :], other=0.0, cache_modifier=".cg")
+        x = x.to(w_res.dtype)
+        wt = w_res
         if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc = tl.dot(x, wt, acc, input_precision=DOT_PREC, out_dtype=ACC)  # Triton 3.6 wants out_dtype for fp64
+        acc = tl.dot(x, wt, input_precision=DOT_PREC, out_dtype=ACC)
+    else:
+        acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+        for k0 in range(0, K, BLOCK_K):
+            kk = tl.arange(0, BLOCK_K)
+            ks = k0 + kk
+            kmask = ks < K
+            # A is state other programs of the tile wrote. It is read after the barrier's acquire at GPU scope, which
+            # invalidates this SM's L1 (NVIDIA; AMD likewise), so no stale line is served; ".cg" (L2 only) marks it
+            # where the load stays a load (the pipeliner turns it into cp.async, which has no 4-byte L2-only form).
+            x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
+                        mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
+            # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
+            w_k = w + tl.cast(k0, tl.int64) * s_wk
+            wt = tl.load(w_k + (w_row0 + cols)[None, :] * s_wr + kk[:, None] * s_wk,
+                         mask=kmask[:, None] & (cols < ncols)[None, :], other=0.0)
+            x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
+            if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
+                x = x.to(tl.float32)
+                wt = wt.to(tl.float32)
+            acc = tl.dot(x, wt, acc, input_precision=DOT_PREC, out_dtype=ACC)  # Triton 3.6 wants out_dtype for fp64
     return acc
+
+
+@triton.jit
+def _resident_gates(w, s_wg, s_wk, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr,
+                    BLOCK_H: tl.constexpr):
+    """A program's rows of W_hh (G, R) for the units [h_lo, h_lo + BLOCK_H), every gate side by side: the
+    (KP, BLOCK_H * GATES_P2) tile whose column n holds gate n % GATES_P2 of unit h_lo + n // GATES_P2 (zero past
+    the cell's gates, H and R), loaded before the time loop and kept on chip (KP > 0); 0 when KP is 0.
+
+    Side by side, the gates make one product N = BLOCK_H * GATES_P2 wide, which Triton spreads over the warps
+    (N = 16 per gate would leave most warps holding copies of the same W)."""
+    if KP > 0:
+        n = tl.arange(0, BLOCK_H * GATES_P2)
+        unit, gate = h_lo + n // GATES_P2, n % GATES_P2
+        kk = tl.arange(0, KP)
+        row = gate.to(tl.int64) * H + unit
+        real = (unit < H) & ((gate < 3) | (CELL != 1))  # GRU pads its 3 gates to 4
+        return tl.load(w + row[None, :] * s_wg + kk[:, None] * s_wk, mask=(kk < R)[:, None] & real[None, :],
+                       other=0.0)
+    else:
+        return 0
+
+
+@triton.jit
+def _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_gates, j, cols, H, R,
+                   CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
+                   DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The recurrent part h_{t-1} W_hh^T of each gate for the units [j, j + BLOCK_H): four (BLOCK_B, BLOCK_H)
+    blocks (the cell's gates in order; the rest are the first repeated and unused).
+
+    Resident (KP > 0): one product with the side-by-side tile of ``_resident_gates``, split into gates. Streamed:
+    one ``_matmul_block`` per gate."""
+    if KP > 0:
+        both = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 0, cols, 0,
+                             w_gates, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
+        if GATES_P2 == 1:
+            q0 = both
+            q1, q2, q3 = q0, q0, q0
+        else:  # columns (unit, gate) with gate = 2 * a + b: split b, then a
+            even, odd = tl.split(tl.reshape(both, (BLOCK_B, BLOCK_H, 2, 2)))
+            q0, q2 = tl.split(even)
+            q1, q3 = tl.split(odd)
+    else:
+        q0 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
+                           0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+        q1, q2, q3 = q0, q0, q0
+        if CELL <= 1:
+            q1 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, H + j, cols, H - j,
+                               0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            q2 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 2 * H + j, cols,
+                               H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+        if CELL == 0:
+            q3 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 3 * H + j, cols,
+                               H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+    return q0, q1, q2, q3
 
 
 @triton.jit
@@ -171,7 +258,7 @@ def sequence_fwd_kernel(
     CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr,
     ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, GATES_P2: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
     """Steps [S_BEGIN, S_END) of the recurrence; the state (hbuf[S_BEGIN % 2], cbuf) is seeded by the launcher.
@@ -179,11 +266,18 @@ def sequence_fwd_kernel(
     Phases per step: FWD_CELL on columns [lo, hi) of H, then with a projection a
     barrier and FWD_PROJ on this program's columns of R (h = W_hr m needs all of
     m); a barrier ends the step (the next reads all of h).
+
+    KP > 0 (weight-stationary): the program owns one block of BLOCK_H units
+    (SLICE_H = BLOCK_H) and loads its rows of W_hh, every gate, the whole
+    reduction width R padded to KP, once before the time loop; each step then
+    reads only h_{t-1} of its rows. KP = 0: W_hh streamed every step.
     """
     rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0)
+    # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
+    w_gates = _resident_gates(w, s_wg, s_wk, h_lo, H, R, CELL, GATES_P2, KP, BLOCK_H)
     for s in range(S_BEGIN, S_END):
         h_cur = hbuf + (s % 2) * s_hbp
         h_nxt = hbuf + ((s + 1) % 2) * s_hbp
@@ -195,15 +289,10 @@ def sequence_fwd_kernel(
             am = m & active[:, None]
             if not HAS_PROJ:  # h has H columns
                 h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+            q0, q1, q2, q3 = _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_gates, j, cols,
+                                            H, R, CELL, GATES_P2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if CELL == 0:
-                pre_i = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
-                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                pre_f = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, H + j, cols, H - j,
-                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                pre_g = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 2 * H + j, cols, H - j,
-                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                pre_o = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 3 * H + j, cols, H - j,
-                                      ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre_i, pre_f, pre_g, pre_o = q0, q1, q2, q3
                 pre_i += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
                 pre_f += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
                 pre_g += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
@@ -218,12 +307,7 @@ def sequence_fwd_kernel(
                     tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), g, mask=am)
                     tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), o, mask=am)
             elif CELL == 1:
-                h_r = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                h_z = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, H + j, cols, H - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                h_n = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 2 * H + j, cols, H - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                h_r, h_z, h_n = q0, q1, q2
                 if HAS_BHN:
                     h_n += tl.load(b_hn + (j + cols) * s_bhn, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
                 x_r = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
@@ -236,8 +320,7 @@ def sequence_fwd_kernel(
                     tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), n, mask=am)
                     tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), h_n, mask=am)
             else:
-                pre = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                pre = q0
                 pre += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
                 h = rnn_forward(pre, CELL == 3)
             if HAS_PROJ:  # h = W_hr m comes after every column of m is written
@@ -251,7 +334,7 @@ def sequence_fwd_kernel(
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
                 h = _matmul_block(ms, s_mst, s_msb, s_msh, t, 0, rows, rmask, H, w_hr, s_wrp, s_wrh, j, cols, R - j,
-                                  ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                                  0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0)
                 tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
@@ -279,7 +362,7 @@ def sequence_bwd_kernel(
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
     """Reverse steps [S_BEGIN, S_END); the carries (dhbuf, dcbuf) are seeded by the launcher.
@@ -289,11 +372,21 @@ def sequence_bwd_kernel(
     columns of H; a barrier (the carry needs every gate gradient of the rows);
     BWD_CARRY on its columns of R. The next step reads only the program's own
     columns of the carry, so no barrier ends the step.
+
+    KP > 0 (weight-stationary): the program owns one block of BLOCK_H units of
+    R and loads those columns of W_hh, every gate block, the reduction width H
+    padded to KP, once before the time loop. KP = 0: W_hh streamed every step.
     """
     rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0)
+    # The program's resident columns of W_hh (its units of h), gate block by gate block.
+    H64, r_lo64 = tl.cast(H, tl.int64), r_lo.to(tl.int64)
+    wb_0 = _resident_slice(w, s_wk, s_wg, r_lo64, R - r_lo, H, KP, BLOCK_H)
+    wb_1 = _resident_slice(w + H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL <= 1 else 0, BLOCK_H)
+    wb_2 = _resident_slice(w + 2 * H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL <= 1 else 0, BLOCK_H)
+    wb_3 = _resident_slice(w + 3 * H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL == 0 else 0, BLOCK_H)
     for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
         t, active = _step_rows(s, lens, REVERSE)
@@ -320,7 +413,7 @@ def sequence_bwd_kernel(
             am = m & active[:, None]
             if HAS_PROJ:  # the gradient of m = o * tanh(c) is dh W_hr
                 dh = _matmul_block(dhs, s_dht, s_dhsb, s_dhsp, t, 0, rows, rmask, R, w_hr, s_wrh, s_wrp, j, cols, H - j,
-                                   ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                                   0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
                 carry = tl.load(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
@@ -364,18 +457,19 @@ def sequence_bwd_kernel(
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < R)[None, :]
-            # W_hh^T addressed as rows = hidden units (stride s_wk), k = gate units (stride s_wg).
+            # One product per gate block of W_hh^T (rows: hidden units, stride s_wk; k: gate units, stride s_wg)
+            # with its block of d_gates (GRU: r, z, then the hidden-side n, dg's fourth block).
+            acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, R - j,
+                                wb_0, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            if CELL <= 1:
+                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, H, rows, rmask, H, w + H64 * s_wg, s_wk, s_wg, j,
+                                     cols, R - j, wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, (2 + CELL) * H, rows, rmask, H, w + 2 * H64 * s_wg,
+                                     s_wk, s_wg, j, cols, R - j, wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H,
+                                     BLOCK_K)
             if CELL == 0:
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 4 * H, w, s_wk, s_wg, j, cols, R - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            elif CELL == 1:
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 2 * H, w, s_wk, s_wg, j, cols, H - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + (2 * H).to(tl.int64) * s_wg, s_wk, s_wg,
-                                     j, cols, H - j, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            else:
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, H - j,
-                                    ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + 3 * H64 * s_wg, s_wk, s_wg,
+                                     j, cols, R - j, wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             p = _at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols)
             old = tl.load(p, mask=m, other=0.0)
             tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
@@ -401,7 +495,10 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, plan: SequencePlan) -> d
     )
     if torch.version.hip is None:  # an option of Triton's NVIDIA backend only (the AMD one rejects it)
         meta["maxnreg"] = blocks.max_registers
-    else:  # AMD: software-pipelining the K loop costs scalar registers (SGPRs) that the fp64 kernels lack
+    if torch.version.hip is not None or plan.resident:
+        # AMD: software-pipelining the K loop costs scalar registers (SGPRs) that the fp64 kernels lack. Resident:
+        # a program's column loop runs once a step, so a second pipeline stage only doubles the h tile's buffer
+        # in shared memory, beside the resident W.
         meta["num_stages"] = 1
     return meta
 
@@ -490,6 +587,16 @@ def _in_block_offsets_fit(w: torch.Tensor | None, block_k: int) -> torch.Tensor 
     return w.contiguous()
 
 
+def _resident_width(plan: SequencePlan, hidden: int, width: int) -> int:
+    """The KP constexpr: ``width`` (the reduction width of the recurrent product) padded to a power of two when
+    ``plan`` keeps W_hh on chip, else 0 (streamed). A resident program owns one block of hidden units."""
+    if not plan.resident:
+        return 0
+    if plan.columns(hidden) != plan.blocks.block_h:
+        raise ValueError(f"a weight-stationary plan owns one block of units per program, not {plan.columns(hidden)}")
+    return triton.next_power_of_2(width)
+
+
 def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
     """A tensor argument and its strides, or a placeholder with zero strides for an unused one."""
     return (t, *t.stride()) if t is not None and t.numel() else (like, *([0] * ndim))
@@ -519,7 +626,8 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     cs = new_output(hbuf, (T, B, H) if save and is_lstm else (0,))
     ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
     meta = _meta(cell, reverse, xp.dtype, plan)
-    meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save)
+    meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, KP=_resident_width(plan, H, R),
+                GATES_P2=triton.next_power_of_2(GATES[cell]))
     w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
     head = (
         xp, *xp.stride(), w_hh, *w_hh.stride(), *_or_dummy(b_hn, xp, 1), *_or_dummy(w_hr, xp, 2), lengths,
@@ -555,7 +663,7 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     is_lstm = cell == LSTM
     dcbuf = new_output(dhbuf, (B, H)).copy_(dc_n) if is_lstm else dhbuf.new_empty(0)
     meta = _meta(cell, reverse, y.dtype, plan)
-    meta.update(HAS_PROJ=w_hr is not None)
+    meta.update(HAS_PROJ=w_hr is not None, KP=_resident_width(plan, H, H))
     w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
     head = (
         dy, *dy.stride(), w_hh, *w_hh.stride(), *_or_dummy(w_hr, y, 2), h0, *h0.stride(), *_or_dummy(c0, h0, 2),

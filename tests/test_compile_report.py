@@ -6,6 +6,7 @@ kernels in Triton's interpreter: its workers start without TRITON_INTERPRET.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -105,6 +106,19 @@ def test_a_one_launch_grid_must_fit_the_target_at_once():
     assert R.Result(amd, R.Usage(256, 0, 0, 0, ""), None, 0.0).held() == 304  # 2 waves per SIMD x 4 / 8
 
 
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+def test_a_one_launch_grid_larger_than_an_nvidia_target_holds_fails(report, target):
+    """The quick grid's NVIDIA plans fit their targets (the dispatcher counts on dispatch.PROGRAMS_PER_SM), so the
+    rule is shown on their real binaries: a one-launch grid one program larger than the target holds at once
+    (programs per SM x SMs) fails the configuration."""
+    grids = [r for r in report.results if r.one_launch and r.config.target == target and r.usage is not None]
+    assert grids
+    for r in grids:
+        held = r.programs_per_sm() * R.TARGETS[target].sms
+        too_many = dataclasses.replace(r, one_launch=held + 1)
+        assert too_many.problems() == [f"one-launch grid of {held + 1} programs > {held} held at once"]
+
+
 def test_the_dispatchers_one_launch_grids_fit_every_target(report):
     """The quick grid's large layers get hidden-split plans with barriers on every target (and their one
     launch per step and phase form); each one-launch grid fits the target at once."""
@@ -129,3 +143,52 @@ def test_command_line_writes_the_table_and_exits_non_zero_on_failures(report, ca
     rows = json.loads(js.read_text())
     assert len(rows) == len(report.results)
     assert {row["target"] for row in rows} == set(TARGETS)
+
+
+def _result(target: str, usage: R.Usage | None, error: str | None = None, warps: int = 8, one_launch: int = 0,
+            kernel: str = "sequence_fwd_kernel") -> R.Result:
+    config = R.Config(kernel, target, (), (("BARRIER", bool(one_launch)),), (), (("num_warps", warps),),
+                      label=f"BARRIER={bool(one_launch)} num_warps={warps}")
+    return R.Result(config, usage, error, 0.0, one_launch=one_launch)
+
+
+def _fake_run(monkeypatch, results: list[R.Result], uncovered: tuple[str, ...] = ()) -> None:
+    """``main`` gets a report of ``results`` (each picked by the first quick case) instead of compiling."""
+    def run(cases, grid, targets, jobs) -> R.Report:
+        assert targets == TARGETS
+        return R.Report(grid, tuple(targets), results, {r.config: R.QUICK[0] for r in results}, len(cases),
+                        list(uncovered), 0.0, jobs)
+
+    monkeypatch.setattr(R, "run", run)
+
+
+CLEAN = _result("sm_90", R.Usage(regs=200, spills=0, local=0, shared=4096, detail=""), one_launch=128)
+FAILING = [
+    (_result("sm_80", R.Usage(255, 632, 0, 0, ""), kernel="lstm_cell_fwd_kernel"), "spills 632 B"),
+    (_result("gfx942", None, "CompilationError: boom"), "compile error: CompilationError: boom"),
+    # 255 registers x 8 warps: one program per SM, 132 held at once; a plan counting on two per SM.
+    (_result("sm_90", R.Usage(255, 0, 0, 4096, ""), one_launch=264), "one-launch grid of 264 programs > 132 held"),
+    # 16 warps of 255 registers: no SM holds even one program.
+    (_result("sm_90", R.Usage(255, 0, 0, 4096, ""), warps=16, one_launch=8), "one-launch grid of 8 programs > 0 held"),
+]
+
+
+@pytest.mark.parametrize(("failing", "problem"), FAILING, ids=["spills", "compile-error", "grid-over", "grid-none"])
+def test_command_line_names_a_failing_configuration_and_exits_1(monkeypatch, capsys, tmp_path, failing, problem):
+    _fake_run(monkeypatch, [CLEAN, failing])
+    md = tmp_path / "report.md"
+    assert R.main(["--quick", "--markdown", str(md)]) == 1
+    line = f"- FAILING: {failing.config.kernel} on {failing.config.target} ({R.QUICK[0]}: {failing.config.label}): "
+    out = capsys.readouterr().out
+    assert line + problem in out, out
+    assert line + problem in md.read_text()
+    assert out.count("- FAILING:") == 1, "the passing configuration is not named"
+
+
+def test_command_line_exits_0_only_when_nothing_fails(monkeypatch, capsys):
+    _fake_run(monkeypatch, [CLEAN])
+    assert R.main(["--quick"]) == 0
+    assert "FAILING" not in capsys.readouterr().out
+    _fake_run(monkeypatch, [CLEAN], uncovered=("rnn_cell_bwd_kernel on gfx942",))
+    assert R.main(["--quick"]) == 1
+    assert "- NOT COVERED by any case: rnn_cell_bwd_kernel on gfx942" in capsys.readouterr().out

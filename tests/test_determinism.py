@@ -1,11 +1,21 @@
 """Run-to-run determinism: the same inputs give bitwise-identical outputs and gradients.
 
-The kernels reduce without atomics (each program owns its batch rows and the
-whole hidden state of those rows; the weight gradients are GEMMs after the
-kernel), so nothing depends on the order in which programs finish. The
-interpreter runs programs one after another and would hide a race, so the
-tests here run on a GPU only (skipped with that reason on the CPU): in the
-interpreter two runs cannot differ, so a pass there would prove nothing.
+No kernel reduces with atomics, so nothing depends on the order in which
+programs run or finish. The sequence kernels' grid is (batch tile, hidden
+slice): each program owns the rows of its batch tile and a fixed slice of their
+hidden units, and computes every value it writes itself in a fixed order (its
+slice of the recurrent product reduces over the whole state). The programs of a
+tile read each other's slices of the state from global buffers and meet at a
+barrier between phases (in one launch, or one launch per step and phase when
+the GPU cannot hold the grid); the barrier's atomic arrival counters order the
+phases and carry no data. A step kernel's program owns a tile of rows and
+hidden units and is pointwise, and the weight and bias gradients (reductions
+over time and batch) are GEMMs and sums after the kernels. Triton's interpreter
+runs a launch's programs one after another and would hide a race, so the tests
+here run on a GPU only (skipped with that reason on the CPU): in the
+interpreter two runs cannot differ, so a pass there would prove nothing. (The
+barriers themselves are tested on the CPU with one thread per program:
+tests/kernels/test_sequence_kernels.py.)
 """
 
 from __future__ import annotations
@@ -62,7 +72,8 @@ PATHS = [(name, kwargs, "sequence") for name, kwargs in LAYERS] + [("LSTM", dict
 
 @pytest.mark.parametrize("name,kwargs,path", PATHS, ids=[f"{n}-{p}" for n, _, p in PATHS])
 def test_layers_are_deterministic(name: str, kwargs: dict, path: str, device: str):
-    """Two bidirectional runs over two batch tiles (B = 17 > 16 rows) with unsorted lengths."""
+    """Two bidirectional runs over two batch tiles (B = 17 > 16 rows) with unsorted lengths; hidden 5 is one
+    slice per tile."""
     module = _layer(name, 4, 5, 1, device, torch.float32, **kwargs)
     x = torch.randn(3, 17, 4, device=device)
     lengths = [3, 1, 2] * 5 + [3, 2]
@@ -95,8 +106,9 @@ def test_cells_are_deterministic(kind: str, device: str):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name,kwargs", LAYERS, ids=[n for n, _ in LAYERS])
 def test_layers_are_deterministic_on_gpu(name: str, kwargs: dict, dtype: torch.dtype):
-    """Two bidirectional layers, T = 50, B = 256 (16 programs), hidden 256 (4 column blocks): five runs,
-    all bitwise equal."""
+    """Two bidirectional layers, T = 50, B = 256 (16 batch tiles), hidden 256, each tile split into the hidden
+    slices the dispatcher plans for this GPU (several, meeting at barriers, where the cost model splits): five
+    runs, all bitwise equal."""
     module = _layer(name, 128, 256, 2, "cuda", dtype, **kwargs)
     x = torch.randn(50, 256, 128, device="cuda").to(dtype)
     lengths = torch.randint(1, 51, (256,)).tolist()

@@ -10,6 +10,7 @@ from helpers import assert_all_close, assert_close, assert_kernels, kernels_of
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import fused_rnn
+from fused_rnn import dispatch
 from fused_rnn.dispatch import make_plan
 from fused_rnn.kernels.launch import sequence_blocks
 
@@ -135,10 +136,12 @@ def stepped_launches(slices: int, length: int, proj: bool, device) -> tuple[int,
     return length * (1 + proj), length * (2 + proj)
 
 
-def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path="sequence", slices=None, **kwargs):
+def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path="sequence", slices=None,
+                        resident=False, rows=None, **kwargs):
     """Forward and every gradient of the fused module in ``dtype`` against torch.nn in float64 (bounded as
     tests/helpers.py states: for fp32 and half types by torch.nn's own error in ``dtype``). Asserts the kernels
-    of ``path`` ran, by name (and with ``slices`` forced, on a grid of that many slices per batch tile).
+    of ``path`` ran, by name (and with ``slices`` forced, on a grid of that many slices per batch tile; with
+    ``resident``, the weight-stationary plan with batch tiles of ``rows`` rows, on its grid).
     Returns the launch counter."""
     fused, ref = make_pair(cell, dtype, device, input_size=inputs.x.shape[-1], **kwargs)
     proj = kwargs.get("proj_size", 0)
@@ -152,8 +155,13 @@ def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path=
     if dtype != torch.float64:
         torch_module = same_dtype_torch(ref, dtype)
         same = forward_backward(torch_module, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
-    with fused_rnn.force_path(path, slices), fused_path_only() as launches:
+    with fused_rnn.force_path(path, slices, resident, rows), fused_path_only() as launches:
         got = forward_backward(fused, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
+    if resident:
+        hidden = kwargs["hidden"]
+        slices = triton.cdiv(hidden, dispatch.RESIDENT_BLOCK_H)
+        grid = (triton.cdiv(inputs.batch, rows or dispatch.RESIDENT_ROWS[0]), slices)
+        assert {g for grids in launches.grids.values() for g in grids} == {grid}
     if path == "sequence":
         steps = stepped_launches(slices or 1, inputs.length, bool(kwargs.get("proj_size")), device)
         assert launches.by_kernel == sequence_kernels(fused.num_layers, 2 if fused.bidirectional else 1, steps)
@@ -231,14 +239,16 @@ def test_tile_crossing_shapes(cell, dtype, tf32, device, monkeypatch):
     check_packed_bidirectional(cell, tile_crossing_sizes(dtype, tf32, cell == "LSTM_proj"), dtype, device)
 
 
-def check_packed_bidirectional(cell: str, sizes: tuple[int, int, int], dtype, device, slices=None) -> None:
+def check_packed_bidirectional(cell: str, sizes: tuple[int, int, int], dtype, device, slices=None,
+                               resident=False, rows=None) -> None:
     """``check_against_torch`` for two bidirectional layers of (batch, hidden, proj_size) on packed unsorted
     input of 3 steps whose lengths spread over every batch tile (``cell`` may be "LSTM_proj")."""
     batch, hidden, proj_size = sizes
     lengths = [3, 1, 2, 3, 2] * (batch // 5) + [1, 3, 2, 1][: batch % 5]
     inputs = Inputs("packed_unsorted", False, device, seq_len=3, batch=batch, input_size=4, lengths=lengths)
     kwargs = dict(num_layers=2, bidirectional=True, hidden=hidden) | ({"proj_size": proj_size} if proj_size else {})
-    check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, slices=slices, **kwargs)
+    check_against_torch(cell.removesuffix("_proj"), inputs, dtype, device, slices=slices, resident=resident,
+                        rows=rows, **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -273,6 +283,38 @@ def test_hidden_split_shapes(cell, dtype, device, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     sizes = hidden_split_sizes(dtype, False, cell == "LSTM_proj")
     check_packed_bidirectional(cell, sizes, dtype, device, slices=SLICES)
+
+
+# ----------------------------------------------------------------------------
+# Weight-stationary shapes: programs of RESIDENT_BLOCK_H units holding their slice of W_hh for the whole launch,
+# 3 slices (the last partly masked), 2 batch tiles of the plan's height, a reduction width that is not a power of
+# two (padded and masked), both directions and two layers.
+# ----------------------------------------------------------------------------
+def resident_sizes(rows: int, proj: bool) -> tuple[int, int, int]:
+    """(batch, hidden, proj_size or 0): 2 batch tiles of ``rows``, 3 slices of RESIDENT_BLOCK_H units the last
+    partly masked, H (and the projection) not powers of two."""
+    unit = dispatch.RESIDENT_BLOCK_H
+    batch, hidden = rows + 3, 2 * unit + 8
+    proj_size = unit + 5 if proj else 0
+    plan = dispatch.resident_plan(batch, hidden, torch.float64, 132, concurrent=False, rows=rows)
+    assert plan.grid(batch) == (2, 3) and plan.columns(hidden) == unit and plan.resident
+    assert hidden & (hidden - 1) and (proj_size & (proj_size - 1) if proj else True)
+    return batch, hidden, proj_size
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("cell", TILE_CELLS)
+def test_weight_stationary_shapes(cell, dtype, device, monkeypatch):
+    """The weight-stationary sequence kernels (forced) against float64 torch.nn: packed unsorted lengths over
+    both batch tiles, two bidirectional layers, h0/c0, output, final states and every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    check_packed_bidirectional(cell, resident_sizes(16, cell == "LSTM_proj"), dtype, device, resident=True)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_weight_stationary_taller_batch_tiles(cell, device, monkeypatch):
+    """A weight-stationary plan with batch tiles of 32 rows (one resident copy of W per slice for 32 rows)."""
+    check_packed_bidirectional(cell, resident_sizes(32, False), torch.float64, device, resident=True, rows=32)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -1,8 +1,12 @@
 """benchmarks/gpu_run.sh rehearsed on the CPU (REHEARSE=1): every stage runs its real command at tiny sizes and
-writes its files, and the summary comes last. About a minute on 2 cores (the bitwise stage is half of it)."""
+writes its files, and the summary comes last; the benchmark rows' predictions are the cost model's, and the bitwise
+stage slows the last hidden slice as the kernels' unit test does. About a minute and a half on 2 cores (the bitwise
+stage is half of it)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -11,8 +15,12 @@ import shutil
 import subprocess
 import sys
 
+import interpreter_threads
 import pytest
 import torch
+
+from fused_rnn.bench.cases import DTYPES
+from fused_rnn.dispatch import device_sms, predicted_steps
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_run.sh"
@@ -21,6 +29,29 @@ BENCHMARKS = ["default", "flashrnn", "sweeps", "seq"]
 pytestmark = pytest.mark.skipif(
     not (shutil.which("bash") and shutil.which("timeout")), reason="gpu_run.sh needs bash and timeout"
 )
+
+
+def _unit_test_straggler_s() -> float:
+    """The straggler the one-launch unit test (tests/kernels/test_sequence_kernels.py) runs the interpreter with."""
+    unit_test = ROOT / "tests" / "kernels" / "test_sequence_kernels.py"
+    found = re.findall(r"straggler_s=(\d+(?:\.\d+)?)", unit_test.read_text())
+    assert len(set(found)) == 1, f"expected one straggler_s=<seconds> in the unit test, found {found}"
+    return float(found[0])
+
+
+def _predicted_us(row: dict) -> float | None:
+    """The cost model's microseconds per forward step for a fused row's sizes, over its layers and directions
+    (``predicted_steps`` on the CPU's reference SMs: the dispatcher's sequence plan is the cheapest of the sequence
+    plans it lists); None for other candidates and for forward+backward (not modelled)."""
+    if row["mode"] != "forward" or row["impl"] not in ("fused_rnn:sequence", "fused_rnn:stepwise"):
+        return None
+    steps = predicted_steps(row["cell"].upper(), row["batch"], row["hidden_size"], 0, DTYPES[row["dtype"]],
+                            sms=device_sms(torch.device("cpu")))
+    if row["impl"] == "fused_rnn:sequence":
+        seconds = min(s for path, (s, _) in steps.items() if path != "stepwise")
+    else:
+        seconds = steps["stepwise"][0]
+    return seconds * row["num_layers"] * (2 if row["bidirectional"] else 1) * 1e6
 
 
 def _run(out: pathlib.Path, **env: str) -> subprocess.CompletedProcess:
@@ -47,6 +78,8 @@ def test_rehearsal_runs_every_stage(tmp_path):
         assert (tmp_path / f"{name}.log").stat().st_size > 0
     assert re.search(r"tests: \d+ passed", log), "the tests stage's last line is logged"
     assert "bitwise: bitwise: 5 of 5 cases identical in one launch and step by step" in log, log
+    straggler = f"each store of the last hidden slice of a batch tile {_unit_test_straggler_s()} s late"
+    assert straggler in (tmp_path / "bitwise.log").read_text()
     for name in BENCHMARKS:
         data = json.loads((tmp_path / name / "bench.json").read_text())
         assert data["environment"]["triton_interpreter"], name
@@ -55,6 +88,10 @@ def test_rehearsal_runs_every_stage(tmp_path):
         assert {"fused_rnn:sequence"} <= {r["impl"] for r in rows if r["status"] == "ok"}, name
         assert (tmp_path / name / "bench.csv").exists() and (tmp_path / name / "bench.md").exists()
         assert all((r["seq_len"], r["batch"]) != (100, 64) for r in rows), "tiny cases, not the real ones"
+        for r in rows:
+            expected = _predicted_us(r)
+            got = r["predicted_us_per_step"]
+            assert got is None if expected is None else got == pytest.approx(expected, rel=1e-12), (name, r)
     forward = [r for r in json.loads((tmp_path / "default" / "bench.json").read_text())["results"]
                if r["impl"] == "fused_rnn:sequence" and r["mode"] == "forward" and r["status"] == "ok"]
     assert forward and all(r["us_per_step"] > 0 and r["predicted_us_per_step"] > 0 for r in forward)
@@ -62,6 +99,24 @@ def test_rehearsal_runs_every_stage(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "interpreter timings" in summary and "lstm forward" in summary and "us/step (predicted)" in summary
     assert done.stdout.rstrip().endswith(summary.rstrip()), "the summary comes last"
+
+
+def test_bitwise_stage_straggles_like_the_unit_test(monkeypatch):
+    """In the interpreter benchmarks/bitwise.py runs the one launch in threads with the unit test's straggling
+    last slice, so a barrier that opens before that slice arrives gives different bits there too."""
+    spec = importlib.util.spec_from_file_location("bitwise", ROOT / "benchmarks" / "bitwise.py")
+    bitwise = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bitwise)
+    calls = []
+
+    def recorded(**kwargs):
+        calls.append(kwargs)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(interpreter_threads, "concurrent_programs", recorded)
+    with bitwise.concurrent():
+        pass
+    assert calls == [{"straggler_s": _unit_test_straggler_s()}]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the real run would start")
