@@ -170,9 +170,18 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     """
     block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
     plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
-    plans += [p for p in (resident_plan(batch, hidden_size, dtype, sms, True, rows) for rows in resident_rows(batch))
-              if p.one_launch and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
+    if on_tensor_cores(dtype, tf32):
+        candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows) for rows in resident_rows(batch))
+        plans += [p for p in candidates
+                  if p.one_launch and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
     return tuple((sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p) for p in plans)
+
+
+def on_tensor_cores(dtype: torch.dtype, tf32: bool) -> bool:
+    """Whether the recurrent products run on tensor cores (half types, TF32). Only those are planned
+    weight-stationary: the FMA products of fp64 and IEEE fp32 need the resident operand in registers, and spill
+    (compile report)."""
+    return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
 
 
 def resident_rows(batch: int) -> list[int]:

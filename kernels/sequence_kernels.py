@@ -31,12 +31,16 @@ h_n is each row's state at its last valid step. T and B are runtime values
 CELL: 0 LSTM (gates i, f, g, o), 1 GRU (r, z, n), 2 RNN tanh, 3 RNN relu.
 """
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
 
 from .cell_math import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
 from .launch import SequencePlan, interpreting, launch, new_output, tf32_products
+
+log = logging.getLogger("fused_rnn")
 
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
 CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU}
@@ -508,38 +512,28 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, plan: SequencePlan) -> d
 SPIN_LIMIT = 1 << 22
 
 
-def programs_per_sm(regs: int, shared: int, num_warps: int, props) -> int:
-    """Programs of a compiled kernel one SM holds at once: its registers (allocated per warp in units of 256,
-    NVIDIA), its shared memory and its threads against the SM's (``props``: torch's device properties)."""
-    warp = getattr(props, "warp_size", 32)
-    per_warp = triton.cdiv(max(regs, 1) * warp, 256) * 256
-    by_regs = props.regs_per_multiprocessor // (per_warp * num_warps)
-    by_shared = props.shared_memory_per_multiprocessor // shared if shared else by_regs
-    by_threads = props.max_threads_per_multi_processor // (warp * num_warps)
-    return min(by_regs, by_shared, by_threads)
+# The driver's refusal of a cooperative launch whose grid it cannot hold at once (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE,
+# as Triton's launcher raises it; HIP's hipErrorCooperativeLaunchTooLarge reads alike).
+REFUSED = "too many blocks in cooperative launch"
+_refusals_logged: set[str] = set()
 
 
-_held: dict[tuple, int] = {}
-
-
-def _grid_fits(kernel, grid: tuple[int, int], args: tuple, meta: dict, device: torch.device) -> bool:
-    """Whether ``device`` holds every program of ``grid`` at once (a one-launch barrier needs it).
-
-    Compiles the kernel (Triton's cache makes that a lookup after the first
-    call) and reads its registers and shared memory; the answer is cached per
-    configuration, storage dtype and device.
-    """
-    if device.type != "cuda":  # meta tensors (the compile report): the plan's own estimate stands
-        return True
-    key = (kernel.fn.__name__, device.index, args[0].dtype, tuple(meta.items()))
-    if key not in _held:
-        with torch.cuda.device(device):
-            compiled = kernel.warmup(*args, grid=grid, **meta)
-            compiled._init_handles()  # loads the binary: what Triton does at a first launch; sets n_regs
-        props = torch.cuda.get_device_properties(device)
-        per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, meta["num_warps"], props)
-        _held[key] = per_sm * props.multi_processor_count
-    return grid[0] * grid[1] <= _held[key]
+def _launch_together(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> bool:
+    """Launch ``grid`` cooperatively: the driver starts every program at once or refuses the launch (a grid
+    larger than the GPU holds, or SMs taken by other kernels such as NCCL's). Returns False when refused (the
+    reason logged once per kernel); other errors propagate. Triton's interpreter ignores the option."""
+    try:
+        launch(kernel, grid, *args, launch_cooperative_grid=True, **meta)
+    except RuntimeError as error:
+        if REFUSED not in str(error):
+            raise
+        name = kernel.fn.__name__
+        if name not in _refusals_logged:
+            _refusals_logged.add(name)
+            log.warning("fused_rnn: the driver refused a one-launch %s grid of %d programs (%s); running it one "
+                        "launch per step and phase", name, grid[0] * grid[1], error)
+        return False
+    return True
 
 
 def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[int], head: tuple, tail: tuple,
@@ -548,17 +542,17 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
 
     ``head`` are the arguments before the barrier counters, ``tail`` those after
     the step range. One slice: one launch, no barrier. Several slices in one
-    launch: one launch with the barrier, fresh zeroed counters, and an
-    asynchronous check that no wait gave up. Otherwise (the interpreter, or a
-    grid the GPU cannot hold at once): one launch per step and phase.
+    launch: one cooperative launch with the barrier, fresh zeroed counters, and
+    an asynchronous check that no wait gave up. Otherwise (the interpreter, a
+    grid the plan does not fit, or a cooperative launch the driver refuses):
+    one launch per step and phase.
     """
     grid = plan.grid(batch)
     everything = sum(phases)
     if plan.barrier:
         sync = torch.zeros(grid[0], dtype=torch.int32, device=device)
         args = (*head, sync, 0, steps, *tail)
-        if _grid_fits(kernel, grid, args, dict(meta, PHASES=everything), device):
-            launch(kernel, grid, *args, PHASES=everything, **meta)
+        if _launch_together(kernel, grid, args, dict(meta, PHASES=everything)):
             torch._assert_async(
                 sync.max() < BROKEN.value,
                 f"fused_rnn: a {kernel.fn.__name__} barrier waited {SPIN_LIMIT} spins: the GPU did not run all "

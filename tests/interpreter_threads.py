@@ -70,24 +70,29 @@ class _Programs:
             raise self.errors[0]
 
 
-def _starter(fn, grid_dim: tuple[int, int, int], timeout: float):
-    """A function with ``fn``'s signature and globals that starts one program of the launch in a thread."""
+def _starter(fn, grid_dim: tuple[int, int, int], timeout: float, started: list[int]):
+    """A function with ``fn``'s signature and globals that starts one program of the launch in a thread; the
+    launch's entry of ``started`` counts the threads it started."""
     programs = _Programs(timeout)
+    started.append(0)
+    launch = len(started) - 1
     last = tuple(n - 1 for n in grid_dim)
     builder = interpreter.interpreter_builder
 
     def start(**args):  # runs with the kernel's globals: only closure variables here
         idx = builder.grid_idx
+        started[launch] += 1
         programs.start(fn, args, idx, idx == last)
 
-    started = types.FunctionType(start.__code__, fn.__globals__, fn.__name__, None, start.__closure__)
-    started.__signature__ = inspect.signature(fn)
-    return started
+    starter = types.FunctionType(start.__code__, fn.__globals__, fn.__name__, None, start.__closure__)
+    starter.__signature__ = inspect.signature(fn)
+    return starter
 
 
 @contextlib.contextmanager
-def concurrent_programs(timeout: float = 60.0, straggler_s: float = 0.0) -> Iterator[None]:
-    """Run every interpreted launch in the block with one thread per program (module docstring)."""
+def concurrent_programs(timeout: float = 60.0, straggler_s: float = 0.0) -> Iterator[list[int]]:
+    """Run every interpreted launch in the block with one thread per program (module docstring). Yields the
+    number of programs each launch ran in its own thread, launch by launch."""
     builder = interpreter.interpreter_builder
     local = threading.local()
 
@@ -111,20 +116,45 @@ def concurrent_programs(timeout: float = 60.0, straggler_s: float = 0.0) -> Iter
         def __call__(self, *args, **kwargs):
             fn = self.fn
             grid = self.grid + (1,) * (3 - len(self.grid))
-            self.fn = _starter(fn, grid, timeout)
+            self.fn = _starter(fn, grid, timeout, started)
             try:
                 return super().__call__(*args, **kwargs)
             finally:
                 self.fn = fn
 
+    started: list[int] = []
     original_class, original_executor = type(builder), interpreter.GridExecutor
     switch = sys.getswitchinterval()
     builder.__class__ = ThreadLocalGrid
     interpreter.GridExecutor = ConcurrentExecutor
     sys.setswitchinterval(1e-5)  # interleave the programs finely
     try:
-        yield
+        yield started
     finally:
         sys.setswitchinterval(switch)
         interpreter.GridExecutor = original_executor
         builder.__class__ = original_class
+
+
+@contextlib.contextmanager
+def bytes_loaded_from(tensor) -> Iterator[list[int]]:
+    """Count the bytes interpreted kernels load from ``tensor``'s storage inside the block (by address range;
+    masked-off elements are not loaded). Yields a one-element list holding the running total."""
+    builder = interpreter.interpreter_builder
+    storage = tensor.untyped_storage()
+    lo, hi = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    total, lock = [0], threading.Lock()
+    load = builder.create_masked_load  # bound to the builder whatever class it has inside the block
+
+    def counted(ptrs, mask, other, cache_policy, is_volatile):
+        hits = int(((ptrs.data >= lo) & (ptrs.data < hi) & mask.data).sum())
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        with lock:
+            total[0] += hits * size
+        return load(ptrs, mask, other, cache_policy, is_volatile)
+
+    builder.create_masked_load = counted
+    try:
+        yield total
+    finally:
+        del builder.create_masked_load

@@ -17,16 +17,18 @@ def test_weight_bytes():
     assert recurrent_weight_bytes("RNN_RELU", 100, 0, torch.float64) == 100 * 100 * 8
 
 
-def test_the_hidden_split_plan_spreads_a_step_over_the_gpu():
-    """At the classic size the batch-tiled kernel would use 4 programs; the plan splits each tile's hidden
-    units as finely as the blocks allow (grid within the GPU's SMs, one program each) and predicts several
-    times less per step."""
+def test_the_hidden_split_plan_spreads_a_step_over_the_gpu(monkeypatch):
+    """At the classic size the batch-tiled kernel would use 4 programs; for products on FMA units (IEEE fp32,
+    never weight-stationary) the plan splits each tile's hidden units as finely as the blocks allow (grid within
+    the GPU's SMs, one program each) and predicts several times less per step."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     plan = sequence_plan("LSTM", 64, 512, 0, torch.float32, sms=132)
     tiles, slices = plan.grid(64)
+    assert not plan.resident
     assert tiles == 4 and slices == 512 // plan.blocks.block_h and tiles * slices <= 132  # the finest slices
     assert plan.one_launch and plan.barrier
     steps = predicted_steps("LSTM", 64, 512, 0, torch.float32, sms=132)
-    assert steps["hidden-split"][0] * 5 < steps["batch-tiled"][0] < steps["stepwise"][0]
+    assert steps["hidden-split"][0] * 5 < steps["batch-tiled"][0] and steps["hidden-split"][0] < steps["stepwise"][0]
     # A grid the GPU cannot hold at once is planned step by step, and never as one launch.
     many = make_plan(4096, 512, torch.float32, 32, sms=132, concurrent=True)
     assert many.grid(4096)[0] * 32 > 132 and not many.one_launch
@@ -66,6 +68,59 @@ def test_the_sequence_kernels_serve_the_benchmark_sizes(mode, dtype):
     assert steps["stepwise"][0] < steps["hidden-split"][0] and choose_path("LSTM", 2048, 0, torch.float32) == "sequence"
 
 
+# ----------------------------------------------------------------------------
+# Decisions: the plan and the path the model picks at known sizes (each would change if a term were dropped)
+# ----------------------------------------------------------------------------
+SM90_SHARED, SM80_SHARED = 232448, 166912
+
+
+@pytest.mark.parametrize(("mode", "batch", "hidden", "dtype", "grid", "rows"), [
+    ("LSTM", 64, 512, torch.float32, (4, 32), 16),
+    ("LSTM", 64, 512, torch.bfloat16, (4, 32), 16),
+    ("GRU", 64, 512, torch.float32, (4, 32), 16),
+    ("GRU", 64, 512, torch.bfloat16, (4, 32), 16),
+    ("LSTM", 16, 768, torch.bfloat16, (1, 48), 16),  # FlashRNN's setup: 48 programs of 16 units
+    ("LSTM", 1, 512, torch.bfloat16, (1, 32), 16),
+    ("LSTM", 256, 512, torch.float16, (4, 32), 64),  # 16 tiles x 32 slices would not fit 132 SMs: taller tiles
+], ids=lambda v: str(v).replace("torch.", ""))
+def test_headline_sizes_are_weight_stationary_on_an_h100(mode, batch, hidden, dtype, grid, rows, monkeypatch):
+    """With TF32 (cuDNN's default) and half types, the headline sizes keep W_hh on chip in one launch."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    plan = sequence_plan(mode, batch, hidden, 0, dtype, sms=132, shared=SM90_SHARED)
+    assert plan.resident and plan.one_launch and plan.grid(batch) == grid and plan.blocks.block_b == rows
+    assert plan.columns(hidden) == dispatch.RESIDENT_BLOCK_H
+
+
+def test_weight_stationary_follows_shared_memory_and_the_products(monkeypatch):
+    """W_hh slice plus h tile must fit one program's shared memory: the FlashRNN setup fits an H100's 227 KB, not
+    an A100's 163 KB, where it streams; products on FMA units (fp64, IEEE fp32) never keep W on chip."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert dispatch.resident_bytes("LSTM", 768, torch.bfloat16, 16) == 4 * 16 * 1024 * 2 + 16 * 1024 * 4
+    assert not sequence_plan("LSTM", 16, 768, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident
+    assert sequence_plan("LSTM", 64, 512, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert not sequence_plan("LSTM", 64, 256, 0, torch.float32).resident
+    assert not sequence_plan("GRU", 64, 128, 0, torch.float64).resident
+    # Where no tile height fits both the SMs and shared memory, W_hh is streamed: H = 1024 at B = 64 needs 256
+    # programs of 16 rows (more than 132 SMs) or 32-row h tiles (128 KB of h beside 128 KB of W).
+    assert not sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=132).resident
+
+
+def test_the_path_crosses_over_to_stepwise_where_the_model_says():
+    """fp64 LSTM: on 16 SMs the sequence kernels up to H = 512 and the stepwise path from 768; on 132 SMs up to
+    2048, stepwise from 3072 (the DRAM floor of weights beyond L2, the waves of a grid larger than the GPU)."""
+    assert choose_path("LSTM", 512, 0, torch.float64, sms=16) == "sequence"
+    assert choose_path("LSTM", 768, 0, torch.float64, sms=16) == "stepwise"
+    assert choose_path("LSTM", 2048, 0, torch.float64, sms=132) == "sequence"
+    assert choose_path("LSTM", 3072, 0, torch.float64, sms=132) == "stepwise"
+
+
+def test_ties_go_to_fewer_programs():
+    blocks = make_plan(64, 512, torch.float32, 1, 132, True).blocks
+    one, two = (dispatch.SequencePlan(blocks, n) for n in (1, 2))
+    assert dispatch._cheapest([(1.0, two), (1.0, one)])[1] is one
+
+
 def test_the_model_states_its_terms():
     """One step of the plan: every program's reads over one SM's L2 bandwidth, plus the barriers."""
     plan = make_plan(64, 512, torch.float32, 16, sms=132, concurrent=True)
@@ -101,3 +156,39 @@ def test_lstm_and_fp64_gru_and_tanh_rnn_run_stepwise_on_amd_gpus():
     assert choose_path("GRU", 64, 0, torch.float64, rocm=False) == "sequence"
     for mode in ("GRU", "RNN_TANH", "RNN_RELU"):
         assert choose_path(mode, 64, 0, torch.float16, rocm=True) == "sequence"
+
+
+def test_the_model_counts_the_projection_and_the_resident_weights(monkeypatch):
+    """With a projection: W_hr's slice and the m tile are read each step, and a step has two barriers. A
+    weight-stationary one-launch plan reads no W_hh per step (its load once per launch is left out), only h."""
+    plan = make_plan(64, 512, torch.float32, 16, sms=132, concurrent=True)
+    reads = 4 * 32 * 128 * 4 + 32 * 512 * 4 + 16 * 128 * 4 + 16 * 512 * 4  # W_hh, W_hr slices, h and m tiles
+    want = reads / dispatch.L2_BYTES_PER_S_PER_PROGRAM + 2 * dispatch.BARRIER_S
+    assert sequence_step_seconds("LSTM", 64, 512, 128, torch.float32, plan, 132) == pytest.approx(want)
+    resident = dispatch.resident_plan(64, 512, torch.bfloat16, 132, concurrent=True)
+    want = 16 * 512 * 4 / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.BARRIER_S
+    assert sequence_step_seconds("LSTM", 64, 512, 0, torch.bfloat16, resident, 132) == pytest.approx(want)
+    stepped = dispatch.resident_plan(64, 512, torch.bfloat16, 132, concurrent=False)  # W reloaded every launch
+    want = (4 * 16 * 512 * 2 + 16 * 512 * 4) / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.STEP_LAUNCH_S
+    assert sequence_step_seconds("LSTM", 64, 512, 0, torch.bfloat16, stepped, 132) == pytest.approx(want)
+
+
+def test_weights_beyond_l2_cannot_beat_dram():
+    """LSTM H = 4096 in fp32, one batch tile: 268 MB of W_hh, more than L2, spread over 64 or more programs: each
+    reads at most 4 MB a step, but the step cannot beat reading all of W_hh from DRAM."""
+    plan = sequence_plan("LSTM", 16, 4096, 0, torch.float32)
+    assert plan.slices >= 64  # each program reads at most 4 x 64 units x 4096 x 4 B = 4 MB a step
+    floor = recurrent_weight_bytes("LSTM", 4096, 0, torch.float32) / dispatch.DRAM_BYTES_PER_S
+    assert sequence_step_seconds("LSTM", 16, 4096, 0, torch.float32, plan) == pytest.approx(floor + dispatch.BARRIER_S)
+
+
+def test_force_path_resident():
+    with force_path("sequence", resident=True, rows=32):
+        plan = sequence_plan("GRU", 70, 40, 0, torch.float64)
+    assert plan.resident and plan.grid(70) == (3, 3) and plan.blocks.block_b == 32
+    with pytest.raises(ValueError):
+        with force_path("sequence", slices=2, resident=True):
+            pass
+    with pytest.raises(ValueError):
+        with force_path("sequence", resident=True, rows=24):
+            pass

@@ -19,11 +19,14 @@ def test_sequence_kernel_and_the_cost_model(device):
 
 
 def test_the_prediction_of_each_path_and_the_plan(device):
-    """At the classic size: the hidden split's predicted time next to the batch-tiled kernel's and the
-    stepwise path's, and the plan (4 batch tiles of 16 rows, several slices)."""
+    """At the classic size: the predicted time of the weight-stationary and hidden-split forms next to the
+    batch-tiled kernel's and the stepwise path's, and the plan (4 batch tiles of 16 rows, 32 slices of 16 units
+    keeping W_hh on chip; TF32 on, as torch's default)."""
     lstm = fused_rnn.LSTM(4, 512, device="meta")
     text = fused_rnn.explain(lstm, torch.randn(3, 64, 4, device=device))
-    assert "hidden-split (4 x " in text and "batch-tiled (4 x 1 programs)" in text and "4 batch tiles x " in text
+    assert "hidden-split (4 x " in text and "batch-tiled (4 x 1 programs)" in text
+    assert "weight-stationary (4 x 32 programs)" in text
+    assert "4 batch tiles of 16 rows x 32 hidden slices of 16 units, W_hh on chip" in text
 
 
 def test_stepwise_when_forced(device):

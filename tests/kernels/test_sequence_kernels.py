@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fused_rnn.kernels.launch import count_launches, poison_outputs
-from interpreter_threads import concurrent_programs
+from interpreter_threads import bytes_loaded_from, concurrent_programs
 
-from fused_rnn.dispatch import make_plan
+from fused_rnn.dispatch import make_plan, resident_plan
 from fused_rnn.kernels import sequence_kernels as K
 
 
@@ -44,7 +44,10 @@ def test_register_and_pipeline_options_follow_the_backend(monkeypatch, hip, pres
 # One launch with real barriers against one launch per step and phase
 # ----------------------------------------------------------------------------
 T, B, H, P = 4, 19, 40, 21  # 2 batch tiles; 3 slices of 16 units of H (and of the projection P)
-ONE_LAUNCH = dict(one_launch=True)
+GRID = (2, 3)
+# Spins of a barrier wait in the threaded tests: a few seconds of the interpreter, far more than the straggler's
+# delays, so a barrier that cannot meet fails fast instead of hanging.
+TEST_SPIN_LIMIT = 1 << 15
 
 
 def _layer(cell: int, proj: int, device) -> dict:
@@ -62,9 +65,9 @@ def _layer(cell: int, proj: int, device) -> dict:
     )
 
 
-def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device) -> tuple[list, dict]:
-    """Every output of the forward and backward launchers under ``plan``, and the launches they made."""
-    a = _layer(cell, proj, device)
+def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device, layer=None):
+    """Every output of the forward and backward launchers under ``plan``, and the launch counter."""
+    a = layer or _layer(cell, proj, device)
     with count_launches() as launches, poison_outputs():  # what no kernel writes is NaN in both forms
         out = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"], a["lengths"], cell,
                                  reverse, True, plan)
@@ -73,31 +76,73 @@ def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device) -> 
         dy, dh_n, dc_n = torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n) if cell == K.LSTM else None
         grads = K.sequence_backward(dy, dh_n, dc_n, a["w_hh"], a["w_hr"], a["h0"], a["c0"], a["lengths"], y, ws, cs,
                                     cell, reverse, plan)
-    return [*out, *grads], launches.by_kernel
+    return [*out, *grads], launches
+
+
+def _plans(resident: bool) -> tuple:
+    """(one launch per step and phase, one launch with barriers) on the GRID, streaming W_hh or resident."""
+    if resident:
+        forms = [resident_plan(B, H, torch.float64, 132, concurrent=c) for c in (False, True)]
+    else:
+        forms = [make_plan(B, H, torch.float64, 3, 132, concurrent=c) for c in (False, True)]
+    stepped, persistent = forms
+    assert persistent.barrier and not stepped.one_launch and stepped.grid(B) == persistent.grid(B) == GRID
+    return stepped, persistent
 
 
 BARRIER_CASES = [(K.LSTM, 0, False), (K.LSTM, P, True), (K.GRU, 0, True), (K.RNN_TANH, 0, False)]
 
 
+def _assert_bitwise(got: list, want: list) -> None:
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True, msg=f"result {i} differs")
+
+
+@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
 @pytest.mark.parametrize(("cell", "proj", "reverse"), BARRIER_CASES, ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn"])
-def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, device):
-    """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase) gives the
-    same bits as one launch per step and phase (same code, same sums in the same order). In the interpreter the
-    one launch runs one thread per program, the last slice of each tile slowed down, so its barriers really
-    wait (``interpreter_threads``): too many expected arrivals hang (the join times out), too few, a wrong
-    parity or a missing barrier read state not yet written (a different result)."""
-    stepped = make_plan(B, H, torch.float64, 3, 132, concurrent=False)
-    persistent = make_plan(B, H, torch.float64, 3, 132, concurrent=True)
-    assert persistent.barrier and not stepped.one_launch and stepped.grid(B) == persistent.grid(B) == (2, 3)
+def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, resident, device, monkeypatch):
+    """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase), streaming
+    W_hh or keeping it resident, gives the same bits as one launch per step and phase (same code, same sums in
+    the same order). In the interpreter the one launch runs one thread per program, the last slice of each tile
+    slowed down, so its barriers really wait (``interpreter_threads``): too many expected arrivals give up after
+    TEST_SPIN_LIMIT spins and raise, too few, a wrong parity or a missing barrier read state not yet written (a
+    different result)."""
+    monkeypatch.setattr(K, "SPIN_LIMIT", TEST_SPIN_LIMIT)
+    stepped, persistent = _plans(resident)
     want, stepped_launches = _forward_and_backward(cell, proj, reverse, stepped, device)
     # The last slice of each tile stores slowly, so it always arrives last (a barrier that opens early shows).
-    with concurrent_programs(straggler_s=0.02) if device == "cpu" else contextlib.nullcontext():
+    with concurrent_programs(straggler_s=0.02) if device == "cpu" else contextlib.nullcontext() as threads:
         got, launches = _forward_and_backward(cell, proj, reverse, persistent, device)
     phases = 2 if proj else 1
-    assert stepped_launches == {"sequence_fwd_kernel": T * phases, "sequence_bwd_kernel": T * (phases + 1)}
-    assert launches == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
-    for i, (g, w) in enumerate(zip(got, want)):
-        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True, msg=f"result {i} differs")
+    assert stepped_launches.by_kernel == {"sequence_fwd_kernel": T * phases, "sequence_bwd_kernel": T * (phases + 1)}
+    assert launches.by_kernel == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
+    assert launches.grids == {"sequence_fwd_kernel": {GRID}, "sequence_bwd_kernel": {GRID}}
+    if device == "cpu":  # every program of each launch ran in a thread of its own, all at once
+        assert threads == [GRID[0] * GRID[1]] * 2
+    _assert_bitwise(got, want)
+
+
+def test_a_refused_cooperative_launch_runs_step_by_step(device, monkeypatch, caplog):
+    """When the driver refuses the one-launch grid (more programs than the GPU holds at once, or SMs held by
+    other kernels), the launcher logs why once and runs the same plan one launch per step and phase: the same
+    bits. The refusal is Triton's own error for CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE."""
+    stepped, persistent = _plans(True)
+    want, _ = _forward_and_backward(K.LSTM, P, False, stepped, device)
+    real_launch = K.launch
+
+    def refusing(kernel, grid, *args, **kwargs):
+        if kwargs.get("launch_cooperative_grid"):
+            raise RuntimeError(f"Triton Error [CUDA]: {K.REFUSED}")
+        real_launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(K, "launch", refusing)
+    monkeypatch.setattr(K, "_refusals_logged", set())
+    with caplog.at_level("WARNING", logger="fused_rnn"):
+        got, launches = _forward_and_backward(K.LSTM, P, False, persistent, device)
+    assert launches.by_kernel == {"sequence_fwd_kernel": T * 2, "sequence_bwd_kernel": T * 3}
+    assert launches.grids == {"sequence_fwd_kernel": {GRID}, "sequence_bwd_kernel": {GRID}}
+    assert sum("refused a one-launch" in r.message for r in caplog.records) == 2  # once per kernel
+    _assert_bitwise(got, want)
 
 
 def test_a_grid_that_cannot_meet_raises_instead_of_hanging(device, monkeypatch):
@@ -106,6 +151,41 @@ def test_a_grid_that_cannot_meet_raises_instead_of_hanging(device, monkeypatch):
     if device != "cpu":
         pytest.skip("needs programs that run one after another: Triton's interpreter")
     monkeypatch.setattr(K, "SPIN_LIMIT", 50)
-    persistent = make_plan(B, H, torch.float64, 3, 132, concurrent=True)
+    _, persistent = _plans(False)
     with pytest.raises(RuntimeError, match="barrier waited 50 spins"):
         _forward_and_backward(K.GRU, 0, False, persistent, device)
+
+
+# ----------------------------------------------------------------------------
+# Weight-stationary: W_hh read once per launch, whatever the length
+# ----------------------------------------------------------------------------
+def _w_hh_bytes_read(plan, steps: int, device) -> tuple[int, int]:
+    """Bytes the forward and the backward launch load from W_hh's storage over ``steps`` steps (LSTM)."""
+    layer = _layer(K.LSTM, 0, device)
+    layer["xp"], layer["lengths"] = layer["xp"][:steps], layer["lengths"].clamp(max=steps)
+    w_hh = layer["w_hh"]
+    with concurrent_programs(straggler_s=0.0) if plan.barrier else contextlib.nullcontext():
+        with bytes_loaded_from(w_hh) as forward:
+            out = K.sequence_forward(layer["xp"], w_hh, None, None, layer["h0"], layer["c0"], layer["lengths"],
+                                     K.LSTM, False, True, plan)
+        y, h_n, c_n, ws, cs, _ = out
+        with bytes_loaded_from(w_hh) as backward:
+            K.sequence_backward(torch.ones_like(y), torch.ones_like(h_n), torch.ones_like(c_n), w_hh, None,
+                                layer["h0"], layer["c0"], layer["lengths"], y, ws, cs, K.LSTM, False, plan)
+    return forward[0], backward[0]
+
+
+def test_the_resident_form_reads_w_hh_once_per_launch(device, monkeypatch):
+    """Counted by address in the interpreter: in one launch each program loads its slice of W_hh once (the
+    programs of a batch tile cover W_hh exactly once, forward and backward), whatever the length; streaming,
+    every program reads its slice every step."""
+    if device != "cpu":
+        pytest.skip("counts the loads of Triton's interpreter")
+    monkeypatch.setattr(K, "SPIN_LIMIT", TEST_SPIN_LIMIT)
+    tiles = GRID[0]
+    once = tiles * 4 * H * H * 8  # every batch tile's programs hold all of W_hh (4H x H, fp64) between them
+    _, resident = _plans(True)
+    for steps in (1, T):
+        assert _w_hh_bytes_read(resident, steps, device) == (once, once), steps
+    stepped_streaming, _ = _plans(False)
+    assert _w_hh_bytes_read(stepped_streaming, T, device) == (T * once, T * once)
