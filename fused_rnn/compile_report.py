@@ -256,8 +256,9 @@ def _call_cell_launchers(case: Case) -> None:
 SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
 
 
-def _call_sequence_launchers(case: Case, sms: int) -> None:
-    """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs: forward without saving
+def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
+    """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs and ``shared`` bytes of
+    shared memory per program: forward without saving
     (inference), forward saving the gates, then backward on its outputs; under the dispatcher's plan and, when
     that has several slices, also one launch per step and phase (the form for a grid the GPU cannot hold)."""
     S, cell = sequence_kernels, _cell_id(case)
@@ -265,8 +266,8 @@ def _call_sequence_launchers(case: Case, sms: int) -> None:
     R = H // 2 if case.cell == "LSTM_PROJ" else H
     dtype = getattr(torch, case.dtype)
     mode = case.cell.removesuffix("_PROJ")
-    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True)
-    plans = [plan] + ([make_plan(B, H, dtype, plan.slices, sms, concurrent=False)] if plan.barrier else [])
+    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True, shared=shared)
+    plans = [plan] + ([dataclasses.replace(plan, one_launch=False)] if plan.barrier else [])
 
     def meta(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device="meta")
@@ -342,7 +343,7 @@ def capture(case: Case, targets: Sequence[str]) -> list[tuple[Config, int]]:
                 if not _sequence_path_on(case, t):
                     continue
                 with _recorded_launches() as sequence_launches:
-                    _call_sequence_launchers(case, TARGETS[t].sms)
+                    _call_sequence_launchers(case, TARGETS[t].sms, TARGETS[t].shared_limit)
                 configs += [
                     (_specialise(k, args, kw, t), grid[0] * grid[1] if kw["BARRIER"] else 0)
                     for k, grid, args, kw in sequence_launches
@@ -366,6 +367,17 @@ class Usage:
     detail: str  # the tool's own figures
 
 
+def _programs_per_sm(regs: int, shared: int, num_warps: int, props) -> int:
+    """Programs of a compiled kernel one NVIDIA SM holds at once: its registers (allocated per warp in units of
+    256), its shared memory and its threads against the SM's (``props``: fields as torch's device properties)."""
+    warp = props.warp_size
+    per_warp = triton.cdiv(max(regs, 1) * warp, 256) * 256
+    by_regs = props.regs_per_multiprocessor // (per_warp * num_warps)
+    by_shared = props.shared_memory_per_multiprocessor // shared if shared else by_regs
+    by_threads = props.max_threads_per_multi_processor // (warp * num_warps)
+    return min(by_regs, by_shared, by_threads)
+
+
 @dataclass(frozen=True)
 class Result:
     config: Config
@@ -386,7 +398,7 @@ class Result:
         if t.backend == "cuda":
             props = SimpleNamespace(warp_size=t.warp_size, regs_per_multiprocessor=t.registers,
                                     shared_memory_per_multiprocessor=t.shared_per_sm, max_threads_per_multi_processor=2048)
-            return sequence_kernels.programs_per_sm(u.regs, u.shared, warps, props)
+            return _programs_per_sm(u.regs, u.shared, warps, props)
         waves_per_simd = min(8, t.registers // (triton.cdiv(max(u.regs, 1), 8) * 8))
         by_lds = t.shared_per_sm // u.shared if u.shared else waves_per_simd
         return min(4 * waves_per_simd // warps, by_lds)
@@ -435,15 +447,19 @@ def _amd_usage(compiled) -> Usage:
     )
 
 
-def compile_config(config: Config) -> Result:
-    """Compile one configuration for its target; a compile error is part of the result."""
-    fn, target = _kernels()[config.kernel], TARGETS[config.target]
-    backend = make_backend(target.gpu)
+def source(config: Config) -> ASTSource:
+    """What ``triton.compile`` takes for one configuration."""
+    fn, backend = _kernels()[config.kernel], make_backend(TARGETS[config.target].gpu)
     index = {name: (i,) for i, name in enumerate(fn.arg_names)}
-    src = ASTSource(
+    return ASTSource(
         fn, dict(config.signature), {index[p]: v for p, v in config.constexprs},
         {index[p]: backend.parse_attr(a) for p, a in config.attrs},
     )
+
+
+def compile_config(config: Config) -> Result:
+    """Compile one configuration for its target; a compile error is part of the result."""
+    target, src = TARGETS[config.target], source(config)
     start = time.perf_counter()
     try:
         compiled = triton.compile(src, target=target.gpu, options=dict(config.options))

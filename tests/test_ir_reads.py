@@ -1,0 +1,54 @@
+"""W_hh on chip, read from the compiled code: the sequence kernels compiled for sm_80, sm_90 and gfx942 (no GPU
+needed) under the plans the dispatcher returns, and their TTGIR searched for global loads of W_hh in the time loop."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from fused_rnn import compile_report as cr
+from fused_rnn.ir_reads import placements
+
+
+@functools.cache
+def _placements(case: cr.Case, target: str) -> dict[tuple[str, bool], str]:
+    """``ir_reads.placements`` in a compile report worker (a process without Triton's interpreter)."""
+    with cr._workers(1, None) as pool:
+        return pool.apply(placements, (case, target))
+
+
+RESIDENT = "resident (shared memory)"
+
+
+LSTM_512 = cr.Case("LSTM", "bfloat16", 512, 64, reverse=False, bias=True, tf32=True)
+GRU_512 = cr.Case("GRU", "float32", 512, 64, reverse=True, bias=True, tf32=True)
+FLASHRNN = cr.Case("LSTM", "bfloat16", 768, 16, reverse=False, bias=True, tf32=True)
+
+
+@pytest.mark.parametrize(("case", "target", "resident"), [
+    (LSTM_512, "sm_90", True), (LSTM_512, "sm_80", True), (GRU_512, "sm_90", True), (GRU_512, "sm_80", False),
+    (FLASHRNN, "sm_90", True), (FLASHRNN, "sm_80", False),
+], ids=lambda v: str(v))
+def test_weight_stationary_kernels_load_w_hh_before_the_time_loop(case, target, resident):
+    """Forward and backward load W_hh's slice once, before the loop over steps, into shared memory, whence each
+    step's product reads it; none of their global loads in the time loop reads W_hh. Where the W slice and the
+    h tile exceed a program's shared memory (sm_80's 163 KB: FlashRNN's setup, LSTM H = 768 bf16, and GRU
+    H = 512 fp32) the plan streams W_hh instead."""
+    placements = _placements(case, target)
+    for kernel in ("sequence_fwd_kernel", "sequence_bwd_kernel"):
+        if resident:  # the one-launch form, and the per-step form's phases (some without the product: "not read")
+            forms = set(placements[(kernel, True)].split(" / "))
+            assert RESIDENT in forms and forms <= {RESIDENT, "not read"}, (kernel, placements)
+        else:
+            assert (kernel, True) not in placements and "streamed" in placements[(kernel, False)]
+
+
+def test_streaming_kernels_read_w_hh_every_step():
+    """The other side of the check: with products on FMA units (IEEE fp32) the plan streams W_hh, and the
+    search finds its loads inside the time loop."""
+    case = cr.Case("LSTM", "float32", 512, 64, reverse=False, bias=True, tf32=False)
+    placements = _placements(case, "sm_90")
+    assert set(placements) == {("sequence_fwd_kernel", False), ("sequence_bwd_kernel", False)}
+    forms = {form for p in placements.values() for form in p.split(" / ")}
+    assert {f for f in forms if f != "not read"} == {"streamed (12 loads a step)"}, placements
