@@ -57,6 +57,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from .dispatch import choose_path, force_path, make_plan, sequence_plan
 from .kernels import cell_kernels, sequence_kernels
+from .ir_reads import w_placement
 from .kernels.launch import interpreting
 
 KERNEL_MODULES = (cell_kernels, sequence_kernels)
@@ -139,11 +140,13 @@ class Grid:
 # The documented grid; it holds the benchmark's (hidden 64 to 2048, batch 1 to 256) as far as the kernels are
 # specialised. Hidden 16 takes the narrowest sequence-kernel blocks on tensor cores, 20 the widest blocks mostly
 # masked (the most registers), 64 and 2048 the widest with sizes that are multiples of 16, 129 the widest without;
+# weight-stationary plans specialise on the padded reduction width KP: 16, 20, 64, 100, 129, 512 and 768 give
+# every KP from 16 to 1024 (batch 1: tiles of 16 rows; the QUICK grid has a 64-row tile);
 # batch 1 and 4096 give strides without and with factors of 16 and the smallest and largest step-kernel tiles.
 FULL = Grid(
     cells=CELLS,
     dtypes=("float32", "float16", "bfloat16", "float64"),
-    hidden=(16, 20, 64, 129, 2048),
+    hidden=(16, 20, 64, 100, 129, 512, 768, 2048),
     batch=(1, 4096),
     reverse=(False, True),
     bias=(True, False),
@@ -159,6 +162,8 @@ QUICK = (
     Case("LSTM_PROJ", "bfloat16", 1000, 8, reverse=False, bias=True, tf32=True),
     Case("GRU", "float32", 1000, 8, reverse=True, bias=True, tf32=False),
     Case("RNN_RELU", "float16", 1000, 8, reverse=False, bias=False, tf32=True),
+    Case("LSTM", "bfloat16", 768, 16, reverse=False, bias=True, tf32=True),  # weight-stationary (FlashRNN's setup)
+    Case("GRU", "float16", 512, 256, reverse=True, bias=True, tf32=True),  # weight-stationary, tiles of 64 rows
 )
 
 # ----------------------------------------------------------------------------
@@ -385,6 +390,7 @@ class Result:
     error: str | None
     seconds: float
     one_launch: int = 0  # programs of the largest one-launch grid (with barriers) the dispatcher gives it
+    w_hh: str = ""  # sequence kernels: where W_hh lives, read from the TTGIR (``ir_reads.w_placement``)
 
     def programs_per_sm(self) -> int:
         """Programs one SM (CU) holds at once, from registers, shared memory (LDS) and threads (waves).
@@ -415,6 +421,9 @@ class Result:
         found = [f"spills {u.spills} B"] if u.spills else []
         found += [f"local memory {u.local} B"] if u.local else []
         found += [f"shared {u.shared} B > {limit} B"] if u.shared > limit else []
+        if dict(self.config.constexprs).get("KP") and self.w_hh not in ("", "not read") \
+                and not self.w_hh.startswith("resident"):
+            found += [f"planned weight-stationary but W_hh is {self.w_hh} in the compiled code"]
         if self.one_launch > self.held():
             found += [f"one-launch grid of {self.one_launch} programs > {self.held()} held at once"]
         return found
@@ -467,7 +476,8 @@ def compile_config(config: Config) -> Result:
         message = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
         return Result(config, None, message, time.perf_counter() - start)
     usage = _nvidia_usage(compiled) if target.backend == "cuda" else _amd_usage(compiled)
-    return Result(config, usage, None, time.perf_counter() - start)
+    w_hh = str(w_placement(compiled.asm["ttgir"])) if _is_sequence_kernel(config.kernel) else ""
+    return Result(config, usage, None, time.perf_counter() - start, w_hh=w_hh)
 
 
 # ----------------------------------------------------------------------------
@@ -595,6 +605,20 @@ def w_hh_tile(report: Report) -> list[str]:
     return lines
 
 
+def w_hh_placements(report: Report) -> list[str]:
+    """Per target and sequence kernel, where the compiled configurations keep W_hh (from their TTGIR): how many
+    load it once before the time loop (resident, and in what memory) and how many read it every step."""
+    lines = []
+    for target in report.targets:
+        for kernel in ("sequence_fwd_kernel", "sequence_bwd_kernel"):
+            found = [r.w_hh for r in report.results if r.config.target == target and r.config.kernel == kernel
+                     and r.w_hh]
+            if found:
+                counts = ", ".join(f"{found.count(p)} {p}" for p in sorted(set(found)))
+                lines.append(f"- W_hh in the time loop of {kernel} on {target} (TTGIR): {counts}")
+    return lines
+
+
 def one_launch_grids(report: Report) -> list[str]:
     """Per target, the largest one-launch grid (with barriers) the dispatcher gives a sequence kernel, against
     the grid the target holds at once for that configuration."""
@@ -628,7 +652,8 @@ def failures(report: Report) -> list[str]:
 def summary(report: Report) -> str:
     """The table, whether the W_hh tile fits, the one-launch grids, what failed and how long it took."""
     failing = sum(bool(r.problems()) for r in report.results)
-    lines = [summary_table(report), "", *w_hh_tile(report), *one_launch_grids(report), *failures(report)]
+    lines = [summary_table(report), "", *w_hh_tile(report), *w_hh_placements(report), *one_launch_grids(report),
+             *failures(report)]
     lines += [f"- NOT COVERED by any case: {u}" for u in report.uncovered]
     lines.append(
         f"- {report.cases} cases -> {len(report.results)} configurations on {', '.join(report.targets)}; "
@@ -645,7 +670,7 @@ def to_json(report: Report) -> list[dict]:
             "label": r.config.label, "signature": dict(r.config.signature),
             "constexprs": {k: _show(v) for k, v in r.config.constexprs}, "attrs": dict(r.config.attrs),
             "options": dict(r.config.options), "usage": asdict(r.usage) if r.usage else None, "error": r.error,
-            "problems": r.problems(), "seconds": round(r.seconds, 2),
+            "problems": r.problems(), "seconds": round(r.seconds, 2), "w_hh": r.w_hh,
         }
         for r in sorted(report.results, key=_severity)
     ]
@@ -680,9 +705,10 @@ names each failing configuration under the table. Columns:
   VGPR lanes, VGPRs to scratch); `--json PATH` has the split.
 - **local B**: NVIDIA `LOCAL`; AMD scratch (`.private_segment_fixed_size`).
 - **shared B / limit**: shared memory (LDS) per program, static + dynamic, against the
-  target's limit: 163 KB on sm_80, 227 KB on sm_90, 64 KB of LDS on gfx942. The sequence
-  kernels stream W_hh by BLOCK_K x BLOCK_H blocks every step, so what they keep on chip is
-  one block (with the compiler's pipeline buffers): the lines under the table say whether it fits.
+  target's limit: 163 KB on sm_80, 227 KB on sm_90, 64 KB of LDS on gfx942. A streaming sequence
+  kernel keeps one BLOCK_K x BLOCK_H block of W_hh on chip (with the compiler's pipeline buffers);
+  a weight-stationary one (KP > 0) its whole slice of W_hh and its h tile: the lines under the table
+  say whether they fit.
 - **programs / SM**: programs of the configuration one SM (CU) holds at once, from its
   registers (NVIDIA: allocated per warp in units of 256 of 64K; AMD CDNA3: VGPRs in units of
   8 of 512 per lane, at most 8 waves per SIMD, 4 SIMDs), shared memory and threads.
@@ -695,6 +721,11 @@ plan with several slices, also in the one-launch-per-step-and-phase form. A one-
 configuration with barriers fails when its grid is larger than the target holds at once
 (its programs would wait at the barrier for programs that cannot start); the lines under
 the table give the fullest one-launch grid per target.
+
+Where each sequence-kernel configuration keeps W_hh is read from its TTGIR, not assumed
+(`fused_rnn.ir_reads`): a global load of W_hh inside the time loop means streamed, loads only
+before it resident (in shared memory when the compiler allocates it there). A configuration the
+plan made weight-stationary whose compiled code still reads W_hh in the loop fails the report.
 
 Each row shows the worst configuration of one kernel on one target, worst rows first,
 with the first grid case that picked it; `--json PATH` writes every configuration.

@@ -67,9 +67,9 @@ REFERENCE_SMS = 132
 # The compiled code (docs/sequence-kernels.md) keeps a weight-stationary program's W_hh slice in shared memory,
 # loaded once before the time loop, beside its h tile (the product's other operand): their bytes must fit the
 # shared memory one program may have (227 KB on sm_90 and on the reference GPU, 163 KB on sm_80, 64 KB on gfx942),
-# less a margin for the kernel's own scratch (read from the compiled kernels: 1 KB).
+# less a margin for the kernel's own scratch (read from the compiled kernels: at most 1 KB).
 REFERENCE_SHARED = 232448
-SHARED_MARGIN = 4096
+SHARED_MARGIN = 2048
 # Units per weight-stationary program: tl.dot's smallest N.
 RESIDENT_BLOCK_H = 16
 # Batch tile heights a weight-stationary plan weighs: more rows keep fewer copies of W but read more h per program.
@@ -113,18 +113,18 @@ def resident_plan(batch: int, hidden: int, dtype: torch.dtype, sms: int, concurr
 def resident_bytes(mode: str, hidden_size: int, dtype: torch.dtype, rows: int) -> int:
     """Shared memory of one weight-stationary program: its W_hh slice (RESIDENT_BLOCK_H units of every gate, the
     gates padded to a power of two, over the reduction width padded to a power of two; H bounds R) and its h tile
-    of ``rows`` rows in the compute dtype. Equal to what the compiled kernels allocate (compile report)."""
+    of ``rows`` rows (h is broadcast in the storage dtype). Equal to what the compiled kernels allocate (compile
+    report)."""
     width = triton.next_power_of_2(max(hidden_size, 1))
-    state_bytes = 8 if dtype == torch.float64 else 4
     gates = triton.next_power_of_2(GATES[mode])
-    return gates * RESIDENT_BLOCK_H * width * dtype.itemsize + rows * width * state_bytes
+    return (gates * RESIDENT_BLOCK_H + rows) * width * dtype.itemsize
 
 
 def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
                           plan: SequencePlan, sms: int = REFERENCE_SMS) -> float:
     """Modelled seconds of one time step of the sequence kernel under ``plan`` (module docstring)."""
     state = proj_size if proj_size > 0 else hidden_size
-    state_bytes = 8 if dtype == torch.float64 else 4  # h is kept in the compute dtype
+    state_bytes = dtype.itemsize  # h is broadcast in the storage dtype
     rows = plan.blocks.block_b
     cols_h, cols_r = min(plan.columns(hidden_size), hidden_size), min(plan.columns(state), state)
     # W_hh on chip across a one-launch run: only W_hr (streamed) is read per step; W_hh's load once per launch
@@ -170,7 +170,7 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     """
     block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
     plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
-    if on_tensor_cores(dtype, tf32):
+    if on_tensor_cores(dtype, tf32) and proj_size == 0:  # with W_hr too, the resident backward spills (sm_80/90)
         candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows) for rows in resident_rows(batch))
         plans += [p for p in candidates
                   if p.one_launch and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]

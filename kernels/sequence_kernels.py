@@ -250,8 +250,8 @@ def sequence_fwd_kernel(
     w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
     lengths,  # (B,) int64 valid length of each row
     y, s_yt, s_yb, s_yh,  # out (T, B, R) outputs, zero past each row's length
-    hbuf, s_hbp, s_hbb, s_hbh,  # state (2, B, R) h ping-pong in the compute dtype: step s reads hbuf[s % 2]
-    cbuf, s_cbb, s_cbh,  # state (B, H) cell state in the compute dtype (LSTM)
+    hbuf, s_hbp, s_hbb, s_hbh,  # state (2, B, R) h ping-pong in the storage dtype: step s reads hbuf[s % 2]
+    cbuf, s_cbb, s_cbh,  # state (B, H) in the compute dtype, read by its owner only: LSTM c, GRU h
     ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU; when SAVE)
     cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM; when SAVE)
     ms, s_mst, s_msb, s_msh,  # out (T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
@@ -291,7 +291,9 @@ def sequence_fwd_kernel(
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
-            if not HAS_PROJ:  # h has H columns
+            if CELL == 1:  # the GRU's own units of h enter its cell math from the compute-dtype state
+                h_prev = tl.load(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+            elif not HAS_PROJ:  # h has H columns
                 h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
             q0, q1, q2, q3 = _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_gates, j, cols,
                                             H, R, CELL, GATES_P2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
@@ -318,6 +320,7 @@ def sequence_fwd_kernel(
                 x_z = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
                 x_n = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
                 h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
+                tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 if SAVE:
                     tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), r, mask=am)
                     tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), z, mask=am)
@@ -461,19 +464,30 @@ def sequence_bwd_kernel(
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < R)[None, :]
-            # One product per gate block of W_hh^T (rows: hidden units, stride s_wk; k: gate units, stride s_wg)
-            # with its block of d_gates (GRU: r, z, then the hidden-side n, dg's fourth block).
-            acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, R - j,
-                                wb_0, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            if CELL <= 1:
-                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, H, rows, rmask, H, w + H64 * s_wg, s_wk, s_wg, j,
-                                     cols, R - j, wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, (2 + CELL) * H, rows, rmask, H, w + 2 * H64 * s_wg,
-                                     s_wk, s_wg, j, cols, R - j, wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H,
-                                     BLOCK_K)
-            if CELL == 0:
-                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + 3 * H64 * s_wg, s_wk, s_wg,
-                                     j, cols, R - j, wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            # W_hh^T addressed as rows = hidden units (stride s_wk), k = gate units (stride s_wg), against d_gates
+            # (GRU: r and z, then the hidden-side n, dg's fourth block).
+            if KP > 0:  # resident: one product per gate block, each with its tile held since the launch began
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, R - j,
+                                    wb_0, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                if CELL <= 1:
+                    acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, H, rows, rmask, H, w, s_wk, s_wg, j, cols,
+                                         R - j, wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                    acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, (2 + CELL) * H, rows, rmask, H, w, s_wk, s_wg,
+                                         j, cols, R - j, wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                if CELL == 0:
+                    acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w, s_wk, s_wg, j, cols,
+                                         R - j, wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            elif CELL == 0:  # streamed: the reduction over every gate unit at once
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 4 * H, w, s_wk, s_wg, j, cols, R - j,
+                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            elif CELL == 1:
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 2 * H, w, s_wk, s_wg, j, cols, H - j,
+                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + 2 * H64 * s_wg, s_wk, s_wg,
+                                     j, cols, H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            else:
+                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, H - j,
+                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             p = _at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols)
             old = tl.load(p, mask=m, other=0.0)
             tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
@@ -611,13 +625,15 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     H = w_hr.shape[1] if w_hr is not None else R
     acc = _compute_dtype(xp.dtype)
     y = new_output(xp, (T, B, R))
-    hbuf = new_output(xp.new_empty(0, dtype=acc), (2, B, R))
+    hbuf = new_output(xp, (2, B, R))  # the broadcast h, in the dtype the products consume it in
     hbuf[0].copy_(h0)
     is_lstm = cell == LSTM
-    cbuf = new_output(hbuf, (B, H)).copy_(c0) if is_lstm else hbuf.new_empty(0)
+    state = xp.new_empty(0, dtype=acc)
+    own = c0 if is_lstm else h0 if cell == GRU else None  # state each program keeps for its own units
+    cbuf = new_output(state, (B, H)).copy_(own) if own is not None else state
     save = save and SAVED[cell] > 0
-    ws = new_output(hbuf, (T, B, SAVED[cell] * H) if save else (0,))
-    cs = new_output(hbuf, (T, B, H) if save and is_lstm else (0,))
+    ws = new_output(state, (T, B, SAVED[cell] * H) if save else (0,))
+    cs = new_output(state, (T, B, H) if save and is_lstm else (0,))
     ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
     meta = _meta(cell, reverse, xp.dtype, plan)
     meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, KP=_resident_width(plan, H, R),
@@ -631,7 +647,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
     phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
     _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
-    h_n = hbuf[T % 2].to(xp.dtype, copy=True)
+    h_n = hbuf[T % 2].clone()
     c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
     return y, h_n, c_n, ws, cs, ms
 

@@ -92,18 +92,21 @@ def test_headline_sizes_are_weight_stationary_on_an_h100(mode, batch, hidden, dt
 
 
 def test_weight_stationary_follows_shared_memory_and_the_products(monkeypatch):
-    """W_hh slice plus h tile must fit one program's shared memory: the FlashRNN setup fits an H100's 227 KB, not
-    an A100's 163 KB, where it streams; products on FMA units (fp64, IEEE fp32) never keep W on chip."""
+    """W_hh slice plus h tile (bf16: h is broadcast in the storage dtype) must fit one program's shared memory:
+    LSTM H = 1024 bf16 at B = 64 keeps W on chip on an H100 (tiles of 32 rows: 2 x 64 programs, 192 KB each)
+    but not on an A100 (163 KB, 108 SMs); products on FMA units (fp64, IEEE fp32) never keep W on chip."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert dispatch.resident_bytes("LSTM", 768, torch.bfloat16, 16) == 4 * 16 * 1024 * 2 + 16 * 1024 * 4
-    assert not sequence_plan("LSTM", 16, 768, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident
-    assert sequence_plan("LSTM", 64, 512, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident
+    assert dispatch.resident_bytes("LSTM", 768, torch.bfloat16, 16) == (4 * 16 + 16) * 1024 * 2
+    assert dispatch.resident_bytes("GRU", 512, torch.float32, 32) == (4 * 16 + 32) * 512 * 4  # 3 gates padded to 4
+    h100 = sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=132, shared=SM90_SHARED)
+    assert h100.resident and h100.blocks.block_b == 32 and h100.grid(64) == (2, 64)
+    assert not sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident
+    assert sequence_plan("LSTM", 16, 768, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident  # 160 KB
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert not sequence_plan("LSTM", 64, 256, 0, torch.float32).resident
     assert not sequence_plan("GRU", 64, 128, 0, torch.float64).resident
-    # Where no tile height fits both the SMs and shared memory, W_hh is streamed: H = 1024 at B = 64 needs 256
-    # programs of 16 rows (more than 132 SMs) or 32-row h tiles (128 KB of h beside 128 KB of W).
-    assert not sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=132).resident
+    # Where no tile height fits both the SMs and shared memory, W_hh is streamed: H = 2048 bf16 (256 KB of W).
+    assert not sequence_plan("LSTM", 16, 2048, 0, torch.bfloat16, sms=132).resident
 
 
 def test_the_path_crosses_over_to_stepwise_where_the_model_says():
@@ -166,10 +169,10 @@ def test_the_model_counts_the_projection_and_the_resident_weights(monkeypatch):
     want = reads / dispatch.L2_BYTES_PER_S_PER_PROGRAM + 2 * dispatch.BARRIER_S
     assert sequence_step_seconds("LSTM", 64, 512, 128, torch.float32, plan, 132) == pytest.approx(want)
     resident = dispatch.resident_plan(64, 512, torch.bfloat16, 132, concurrent=True)
-    want = 16 * 512 * 4 / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.BARRIER_S
+    want = 16 * 512 * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.BARRIER_S  # h broadcast in bf16
     assert sequence_step_seconds("LSTM", 64, 512, 0, torch.bfloat16, resident, 132) == pytest.approx(want)
     stepped = dispatch.resident_plan(64, 512, torch.bfloat16, 132, concurrent=False)  # W reloaded every launch
-    want = (4 * 16 * 512 * 2 + 16 * 512 * 4) / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.STEP_LAUNCH_S
+    want = (4 * 16 * 512 * 2 + 16 * 512 * 2) / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.STEP_LAUNCH_S
     assert sequence_step_seconds("LSTM", 64, 512, 0, torch.bfloat16, stepped, 132) == pytest.approx(want)
 
 

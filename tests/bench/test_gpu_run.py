@@ -5,6 +5,7 @@ stage is half of it)."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
 import json
@@ -31,12 +32,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# The unit test of the one launch against one launch per step and phase, in the interpreter's threads.
+UNIT_TEST = (ROOT / "tests" / "kernels" / "test_sequence_kernels.py",
+             "test_one_launch_with_barriers_equals_one_launch_per_step")
+
+
 def _unit_test_straggler_s() -> float:
-    """The straggler the one-launch unit test (tests/kernels/test_sequence_kernels.py) runs the interpreter with."""
-    unit_test = ROOT / "tests" / "kernels" / "test_sequence_kernels.py"
-    found = re.findall(r"straggler_s=(\d+(?:\.\d+)?)", unit_test.read_text())
-    assert len(set(found)) == 1, f"expected one straggler_s=<seconds> in the unit test, found {found}"
-    return float(found[0])
+    """The ``straggler_s`` that UNIT_TEST gives ``concurrent_programs`` (read from its source)."""
+    path, name = UNIT_TEST
+    test = next(n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef) and n.name == name)
+    found = [ast.literal_eval(k.value) for n in ast.walk(test)
+             if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "concurrent_programs"
+             for k in n.keywords if k.arg == "straggler_s"]
+    assert len(found) == 1 and found[0] > 0, f"{name} should give one straggler_s > 0, found {found}"
+    return found[0]
 
 
 def _predicted_us(row: dict) -> float | None:
