@@ -12,7 +12,9 @@ with lengths spread over [1, T], every other cell in reverse (one compilation ea
 (y, h_n, c_n, saved gates and cell states, m) and the backward's (gate
 gradients, dh0, dc0, dh) of both forms, every unwritten element NaN in both,
 must be identical. The slices are the dispatcher's where it splits, else the
-finest whose grid the GPU holds at once (there must be a barrier to test).
+finest whose grid the GPU holds at once (there must be a barrier to test);
+each case runs again weight-stationary (W_hh on chip for the launch) where
+that plan fits the GPU's SMs and shared memory, in the other direction.
 Prints one line per case and exits 1 if any differs or a one-launch grid did
 not run as one launch.
 
@@ -27,13 +29,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import pathlib
 import sys
 import time
 
 import torch
 
-from fused_rnn.dispatch import device_sms, make_plan, sequence_plan, slice_choices
+from fused_rnn import dispatch
+from fused_rnn.dispatch import device_shared, device_sms, make_plan, sequence_plan, slice_choices
 from fused_rnn.kernels import sequence_kernels as K
 from fused_rnn.kernels.launch import count_launches, interpreting, poison_outputs
 
@@ -82,13 +86,25 @@ def _slices(mode: str, batch: int, hidden: int, proj: int, dtype: torch.dtype, s
     return max(n for n in slice_choices(hidden, proj, one.blocks.block_h) if n == 1 or tiles * n <= sms)
 
 
-def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool, device, sms: int) -> bool:
+def resident_plan(mode: str, batch: int, hidden: int, dtype: torch.dtype, sms: int, shared: int):
+    """The weight-stationary plan to test: the dispatcher's where it keeps W_hh on chip, else the 16-row one
+    where it fits the GPU's SMs and shared memory; None where none fits."""
+    chosen = sequence_plan(mode, batch, hidden, 0, dtype, sms, shared=shared)
+    plan = chosen if chosen.resident else dispatch.resident_plan(batch, hidden, dtype, sms, True)
+    fits = dispatch.resident_bytes(mode, hidden, dtype, plan.blocks.block_b) <= shared - dispatch.SHARED_MARGIN
+    return plan if plan.barrier and fits else None
+
+
+def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool, device, sms: int,
+          one=None) -> bool:
+    """``name``'s forms bitwise equal; ``one`` the one-launch plan (default: the streaming one of ``_slices``)."""
     cell, proj = CELLS[name]
     a = _inputs(cell, proj, batch, hidden, dtype, device)
     mode = name.removesuffix("_proj").upper()
-    slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms)
-    one = make_plan(batch, hidden, dtype, slices, sms, concurrent=True)
-    stepped = make_plan(batch, hidden, dtype, slices, sms, concurrent=False)
+    if one is None:
+        slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms)
+        one = make_plan(batch, hidden, dtype, slices, sms, concurrent=True)
+    stepped = dataclasses.replace(one, one_launch=False)
     start = time.perf_counter()
     want, _ = _run(a, cell, reverse, stepped)
     with concurrent() if interpreting() else contextlib.nullcontext():
@@ -101,7 +117,8 @@ def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool,
     tiles, n = one.grid(batch)
     verdict = "ok" if all(same) and single and one.barrier else "DIFFERS" if not all(same) else "NOT ONE LAUNCH"
     differing = [i for i, s in enumerate(same) if not s]
-    print(f"{verdict:<14} {name:<9} {str(dtype).removeprefix('torch.'):<8} B={batch:<4} H={hidden:<5} "
+    form = "resident" if one.resident else "streamed"
+    print(f"{verdict:<14} {name:<9} {form:<8} {str(dtype).removeprefix('torch.'):<8} B={batch:<4} H={hidden:<5} "
           f"{'reverse' if reverse else 'forward'} grid {tiles}x{n} launches {launches}"
           + (f" differing results {differing}" if differing else "") + f" {time.perf_counter() - start:.2f} s",
           flush=True)
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="B=19, H=40, bf16 only (the CPU rehearsal)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not interpreting() else "cpu")
-    sms = device_sms(device)
+    sms, shared = device_sms(device), device_shared(device)
     batches, hiddens = ((19,), (40,)) if args.quick else ((1, 16, 64, 256), (256, 768, 2048))
     cases = [(name, torch.bfloat16) for name in CELLS] + ([] if args.quick else [("lstm", torch.float32)])
     if interpreting():
@@ -136,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             for hidden in hiddens:
                 total += 1
                 ok += check(name, dtype, batch, hidden, reverse=i % 2 == 1, device=device, sms=sms)
+                mode = name.upper()
+                resident = None if CELLS[name][1] else resident_plan(mode, batch, hidden, dtype, sms, shared)
+                if resident is not None:  # the weight-stationary form (LSTM with a projection streams)
+                    total += 1
+                    ok += check(name, dtype, batch, hidden, reverse=i % 2 == 0, device=device, sms=sms, one=resident)
     print(f"bitwise: {ok} of {total} cases identical in one launch and step by step", flush=True)
     return 0 if ok == total else 1
 

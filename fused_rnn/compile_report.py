@@ -141,7 +141,7 @@ class Grid:
 # specialised. Hidden 16 takes the narrowest sequence-kernel blocks on tensor cores, 20 the widest blocks mostly
 # masked (the most registers), 64 and 2048 the widest with sizes that are multiples of 16, 129 the widest without;
 # weight-stationary plans specialise on the padded reduction width KP: 16, 20, 64, 100, 129, 512 and 768 give
-# every KP from 16 to 1024 (batch 1: tiles of 16 rows; the QUICK grid has a 64-row tile);
+# every KP from 16 to 1024 (tiles of 16 rows, the only height the plans give them);
 # batch 1 and 4096 give strides without and with factors of 16 and the smallest and largest step-kernel tiles.
 FULL = Grid(
     cells=CELLS,
@@ -163,7 +163,7 @@ QUICK = (
     Case("GRU", "float32", 1000, 8, reverse=True, bias=True, tf32=False),
     Case("RNN_RELU", "float16", 1000, 8, reverse=False, bias=False, tf32=True),
     Case("LSTM", "bfloat16", 768, 16, reverse=False, bias=True, tf32=True),  # weight-stationary (FlashRNN's setup)
-    Case("GRU", "float16", 512, 256, reverse=True, bias=True, tf32=True),  # weight-stationary, tiles of 64 rows
+    Case("GRU", "float16", 512, 64, reverse=True, bias=True, tf32=True),  # weight-stationary, 4 batch tiles
 )
 
 # ----------------------------------------------------------------------------

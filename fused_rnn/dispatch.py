@@ -73,7 +73,9 @@ SHARED_MARGIN = 2048
 # Units per weight-stationary program: tl.dot's smallest N.
 RESIDENT_BLOCK_H = 16
 # Batch tile heights a weight-stationary plan weighs: more rows keep fewer copies of W but read more h per program.
-RESIDENT_ROWS = (16, 32, 64)
+# Only 16 for now: with 32 or 64 rows the resident backward kernel spills on sm_80 and sm_90 (compile report,
+# e.g. GRU fp16 H = 512); ``force_path(resident=True, rows=...)`` still runs them (tested in the interpreter).
+RESIDENT_ROWS = (16,)
 # Sequence programs held per SM that the plans count on: 8 warps of at most 255 registers fill an SM's 64K
 # registers exactly, so one always fits (the launcher checks the compiled kernel before a one-launch grid).
 PROGRAMS_PER_SM = 1
@@ -141,6 +143,26 @@ def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     if slices > 1:
         phases = 2 if proj_size > 0 else 1
         seconds += phases * (BARRIER_S if plan.one_launch else STEP_LAUNCH_S)
+    return seconds
+
+
+def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                          plan: SequencePlan, sms: int = REFERENCE_SMS) -> float:
+    """Modelled seconds of one step of the backward sequence kernel under ``plan``: each program reads the gate
+    gradients of its rows that its units of dh_{t-1} sum over (LSTM 4H, GRU 3H, RNN H, storage dtype) and,
+    unless W_hh is resident in a one-launch plan, its columns of W_hh; one barrier per step (two with a
+    projection). The saved gates of its own units, a few KB, are left out. An estimate, as the forward's."""
+    state = proj_size if proj_size > 0 else hidden_size
+    gates = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    cols_r = min(plan.columns(state), state)
+    stationary = plan.resident and plan.one_launch
+    weights = 0 if stationary else gates * hidden_size * cols_r
+    reads = plan.blocks.block_b * gates * hidden_size * dtype.itemsize + weights * dtype.itemsize
+    tiles, slices = plan.grid(batch)
+    seconds = triton.cdiv(tiles * slices, sms * PROGRAMS_PER_SM) * reads / L2_BYTES_PER_S_PER_PROGRAM
+    if slices > 1:
+        phases = 2 if proj_size > 0 else 1
+        seconds += phases * (BARRIER_S if plan.one_launch else 2 * STEP_LAUNCH_S)
     return seconds
 
 

@@ -81,7 +81,6 @@ SM90_SHARED, SM80_SHARED = 232448, 166912
     ("GRU", 64, 512, torch.bfloat16, (4, 32), 16),
     ("LSTM", 16, 768, torch.bfloat16, (1, 48), 16),  # FlashRNN's setup: 48 programs of 16 units
     ("LSTM", 1, 512, torch.bfloat16, (1, 32), 16),
-    ("LSTM", 256, 512, torch.float16, (4, 32), 64),  # 16 tiles x 32 slices would not fit 132 SMs: taller tiles
 ], ids=lambda v: str(v).replace("torch.", ""))
 def test_headline_sizes_are_weight_stationary_on_an_h100(mode, batch, hidden, dtype, grid, rows, monkeypatch):
     """With TF32 (cuDNN's default) and half types, the headline sizes keep W_hh on chip in one launch."""
@@ -92,15 +91,15 @@ def test_headline_sizes_are_weight_stationary_on_an_h100(mode, batch, hidden, dt
 
 
 def test_weight_stationary_follows_shared_memory_and_the_products(monkeypatch):
-    """W_hh slice plus h tile (bf16: h is broadcast in the storage dtype) must fit one program's shared memory:
-    LSTM H = 1024 bf16 at B = 64 keeps W on chip on an H100 (tiles of 32 rows: 2 x 64 programs, 192 KB each)
-    but not on an A100 (163 KB, 108 SMs); products on FMA units (fp64, IEEE fp32) never keep W on chip."""
+    """W_hh slice plus h tile (bf16: h is broadcast in the storage dtype) must fit one program's shared memory
+    and the grid the GPU; products on FMA units (fp64, IEEE fp32) never keep W on chip."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert dispatch.resident_bytes("LSTM", 768, torch.bfloat16, 16) == (4 * 16 + 16) * 1024 * 2
     assert dispatch.resident_bytes("GRU", 512, torch.float32, 32) == (4 * 16 + 32) * 512 * 4  # 3 gates padded to 4
-    h100 = sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=132, shared=SM90_SHARED)
-    assert h100.resident and h100.blocks.block_b == 32 and h100.grid(64) == (2, 64)
-    assert not sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident
+    assert sequence_plan("LSTM", 16, 1024, 0, torch.bfloat16, sms=132, shared=SM90_SHARED).resident
+    # 4 batch tiles of 64 units: 256 programs, more than an H100 holds (taller tiles spill in the backward)
+    assert not sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=132, shared=SM90_SHARED).resident
+    assert not sequence_plan("LSTM", 256, 512, 0, torch.float16, sms=132, shared=SM90_SHARED).resident
     assert sequence_plan("LSTM", 16, 768, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident  # 160 KB
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert not sequence_plan("LSTM", 64, 256, 0, torch.float32).resident
@@ -195,3 +194,15 @@ def test_force_path_resident():
     with pytest.raises(ValueError):
         with force_path("sequence", resident=True, rows=24):
             pass
+
+
+def test_the_backward_step_model():
+    """The backward of a resident plan reads the gate gradients its units of dh_{t-1} sum over (4H for an LSTM);
+    streaming adds its columns of W_hh. FlashRNN's setup (LSTM B = 16 H = 768 bf16, 48 programs)."""
+    resident = sequence_plan("LSTM", 16, 768, 0, torch.bfloat16)
+    assert resident.resident and resident.grid(16) == (1, 48)
+    want = 16 * 4 * 768 * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.BARRIER_S
+    assert dispatch.backward_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, resident) == pytest.approx(want)
+    streamed = make_plan(16, 768, torch.bfloat16, 24, 132, True)
+    want = (16 * 4 * 768 + 4 * 768 * 32) * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.BARRIER_S
+    assert dispatch.backward_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, streamed) == pytest.approx(want)
