@@ -3,11 +3,12 @@
 The weight-stationary design rests on the compiler keeping W_hh's slice on chip:
 loaded once before the loop over steps, never again inside it. ``w_placement``
 reads that from the compiled code instead of assuming it: it finds the time loop
-(the ``scf.for`` from ``S_BEGIN``), follows every global load in it (``tt.load``
-and the pipeliner's ``ttg.async_copy_global_to_local``) back through the SSA
+(the ``scf.for`` from ``S_BEGIN``), follows every global load in it (``tt.load``,
+the pipeliner's ``ttg.async_copy_global_to_local``, AMD's ``amdg.buffer_load``) back through the SSA
 definitions to the kernel arguments it addresses, and says whether any reaches
-the W_hh argument ``w``; and, for a W loaded before the loop, whether it is put
-in shared memory (``ttg.local_alloc``) or left in registers.
+the W_hh argument ``w``; and, for a W loaded before the loop, whether the loop
+reads it from shared memory (a ``ttg.local_alloc`` before the loop, a
+``ttg.local_load`` of it inside) or holds it in registers.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from dataclasses import dataclass
 _DEF = re.compile(r"^\s*(%[\w.$-]+)(?::\d+)?\s*=\s*(.*)$")
 _NAME = re.compile(r"%[\w.$-]+")
 _ITER_ARG = re.compile(r"(%[\w.$-]+)\s*=\s*(%[\w.$-]+)")
-_GLOBAL_LOADS = ("tt.load ", "ttg.async_copy_global_to_local ")
+_GLOBAL_LOADS = ("tt.load ", "ttg.async_copy_global_to_local ", "amdg.buffer_load ")
 
 
 @dataclass(frozen=True)
 class Placement:
     """Where a kernel's W_hh lives: ``loads_in_loop`` global loads of W inside the time loop (0: resident),
-    ``loads_before`` before it, and ``shared`` whether a load before the loop is put in shared memory."""
+    ``loads_before`` before it, and ``shared`` whether the loop reads W from shared memory it was put in."""
 
     loads_in_loop: int
     loads_before: int
@@ -97,9 +98,13 @@ def w_placement(ttgir: str, weights: str = "%w") -> Placement:
             elif i < loop.start:
                 before += 1
                 loaded.append(_DEF.match(line).group(1))
-    allocs = [_NAME.findall(line.split("ttg.local_alloc", 1)[1].split(" loc(")[0])
-              for line in lines[: loop.start] if "ttg.local_alloc" in line]
-    shared = any(_reaches(v, w, defs) for operands in allocs for v in operands for w in loaded)
+    # W staged in shared memory before the loop: resident there when the loop reads it with local_load each
+    # step; in registers when the operand is loaded out of shared memory before the loop too (or never staged).
+    allocs = {_DEF.match(line).group(1) for line in lines[: loop.start] if "ttg.local_alloc" in line
+              and any(_reaches(v, w, defs) for v in _NAME.findall(line.split("ttg.local_alloc", 1)[1].split(" loc(")[0])
+                      for w in loaded)}
+    shared = any("ttg.local_load" in lines[i] and _NAME.findall(lines[i].split("ttg.local_load", 1)[1])[0] in allocs
+                 for i in loop)
     return Placement(in_loop, before, shared)
 
 

@@ -54,3 +54,13 @@ def test_streaming_kernels_read_w_hh_every_step():
     for kernel in ("sequence_fwd_kernel", "sequence_bwd_kernel"):
         forms = set(placements[(kernel, False)].split(" / ")) - {"not read"}
         assert forms and all(re.fullmatch(r"streamed \([1-9]\d* loads a step\)", f) for f in forms), placements
+
+
+def test_on_gfx942_w_hh_stays_in_registers():
+    """AMD (MI300): the compiler stages W_hh's slice through LDS once before the time loop and loads it into the
+    MFMA operand registers there too, so each step reads neither global memory nor LDS for W. (LSTM layers run
+    stepwise on ROCm; GRU takes the sequence kernels.)"""
+    placements = _placements(cr.Case("GRU", "float16", 128, 16, reverse=False, bias=True, tf32=True), "gfx942")
+    for kernel in ("sequence_fwd_kernel", "sequence_bwd_kernel"):
+        forms = set(placements[(kernel, True)].split(" / "))
+        assert "resident (registers)" in forms and forms <= {"resident (registers)", "not read"}, placements
