@@ -93,23 +93,25 @@ def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: t
     return elements * dtype.itemsize
 
 
-def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int, concurrent: bool) -> SequencePlan:
-    """The streaming plan with ``slices`` programs per batch tile; one launch when the programs run concurrently
-    (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
+def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int, concurrent: bool,
+              directions: int = 1) -> SequencePlan:
+    """The streaming plan with ``slices`` programs per batch tile, ``directions`` directions a launch; one launch
+    when the programs run concurrently (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
     blocks = sequence_blocks(batch, hidden, dtype, tf32_products(dtype))
-    fits = triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
-    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits))
+    fits = directions * triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
+    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), directions=directions)
 
 
 def resident_plan(batch: int, hidden: int, dtype: torch.dtype, sms: int, concurrent: bool,
-                  rows: int = RESIDENT_ROWS[0]) -> SequencePlan:
+                  rows: int = RESIDENT_ROWS[0], directions: int = 1) -> SequencePlan:
     """The weight-stationary plan: batch tiles of ``rows`` rows, each split into programs of RESIDENT_BLOCK_H
-    units that keep their slice of W_hh on chip; one launch as for ``make_plan``."""
+    units that keep their slice of W_hh on chip; directions and one launch as for ``make_plan``."""
     blocks = dataclasses.replace(sequence_blocks(batch, hidden, dtype, tf32_products(dtype)), block_b=rows,
                                  block_h=RESIDENT_BLOCK_H, block_k=RESIDENT_BLOCK_H)
     slices = triton.cdiv(max(hidden, 1), RESIDENT_BLOCK_H)
-    fits = triton.cdiv(batch, rows) * slices <= sms * PROGRAMS_PER_SM
-    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), resident=True)
+    fits = directions * triton.cdiv(batch, rows) * slices <= sms * PROGRAMS_PER_SM
+    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), resident=True,
+                        directions=directions)
 
 
 def resident_bytes(mode: str, hidden_size: int, dtype: torch.dtype, rows: int) -> int:
@@ -184,19 +186,26 @@ def slice_choices(hidden_size: int, proj_size: int, block_h: int) -> list[int]:
 
 @functools.lru_cache(maxsize=4096)
 def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype, tf32: bool,
-                  sms: int, shared: int) -> tuple[tuple[float, SequencePlan], ...]:
-    """(modelled seconds per step, plan) of every slice choice, one launch where the GPU holds the grid.
+                  sms: int, shared: int, directions: int = 1) -> tuple[tuple[float, SequencePlan], ...]:
+    """(modelled seconds per step of the layer's ``directions`` directions, plan) of every choice, one launch
+    where the GPU holds the grid. For a bidirectional layer each choice comes twice: both directions in one
+    launch (twice the programs), and one direction a launch (twice the time).
 
     Cached: the layers ask at every call. ``tf32`` (which ``sequence_blocks``
     reads through ``tf32_products``) is part of the key only so that the cache follows the switch.
     """
     block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
-    plans = [make_plan(batch, hidden_size, dtype, n, sms, True) for n in slice_choices(hidden_size, proj_size, block_h)]
-    if on_tensor_cores(dtype, tf32) and proj_size == 0:  # with W_hr too, the resident backward spills (sm_80/90)
-        candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows) for rows in resident_rows(batch))
-        plans += [p for p in candidates
-                  if p.one_launch and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
-    return tuple((sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p) for p in plans)
+    plans = []
+    for together in sorted({1, directions}):
+        plans += [make_plan(batch, hidden_size, dtype, n, sms, True, together)
+                  for n in slice_choices(hidden_size, proj_size, block_h)]
+        if on_tensor_cores(dtype, tf32) and proj_size == 0:  # with W_hr too, the resident backward spills
+            candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows, together)
+                          for rows in resident_rows(batch))
+            plans += [p for p in candidates if p.one_launch
+                      and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
+    return tuple((directions // p.directions * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms),
+                  p) for p in plans)
 
 
 def on_tensor_cores(dtype: torch.dtype, tf32: bool) -> bool:
@@ -214,23 +223,27 @@ def resident_rows(batch: int) -> list[int]:
 
 
 def _cheapest(costed: Iterable[tuple[float, SequencePlan]]) -> tuple[float, SequencePlan]:
-    """The least modelled time; ties go to fewer programs (fewer slices, then fewer batch tiles)."""
-    return min(costed, key=lambda c: (c[0], c[1].slices, -c[1].blocks.block_b))
+    """The least modelled time; ties go to fewer launches (both directions in one), then fewer programs (fewer
+    slices, then fewer batch tiles)."""
+    return min(costed, key=lambda c: (c[0], -c[1].directions, c[1].slices, -c[1].blocks.block_b))
 
 
 def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                  sms: int = REFERENCE_SMS, concurrent: bool = True, shared: int = REFERENCE_SHARED) -> SequencePlan:
-    """The sequence kernels' plan for one layer: the slices of least modelled time per step (ties: fewer).
+                  sms: int = REFERENCE_SMS, concurrent: bool = True, shared: int = REFERENCE_SHARED,
+                  directions: int = 1) -> SequencePlan:
+    """The sequence kernels' plan for one layer of ``directions`` directions: the least modelled time per step.
 
     ``sms``: the GPU's SMs; ``shared``: the shared memory one program may have;
-    ``concurrent``: whether a launch's programs run at once (False in Triton's interpreter, which then runs the chosen plan one
-    step and phase per launch). ``force_path(..., slices=n)`` sets the slices.
+    ``concurrent``: whether a launch's programs run at once (False in Triton's interpreter, which then runs the
+    chosen plan one step and phase per launch). ``force_path(..., slices=n)`` sets the slices (both directions
+    in one launch).
     """
     if _forced_resident:
-        return resident_plan(batch, hidden_size, dtype, sms, concurrent, _forced_rows or RESIDENT_ROWS[0])
+        return resident_plan(batch, hidden_size, dtype, sms, concurrent, _forced_rows or RESIDENT_ROWS[0], directions)
     if _forced_slices is not None:
-        return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent)
-    _, best = _cheapest(_costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared))
+        return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent, directions)
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions)
+    _, best = _cheapest(costed)
     return best if concurrent else dataclasses.replace(best, one_launch=best.slices == 1)
 
 
@@ -279,24 +292,25 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
 
 
 def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                    sms: int = REFERENCE_SMS, shared: int = REFERENCE_SHARED) -> dict[str, tuple[float, SequencePlan | None]]:
+                    sms: int = REFERENCE_SMS, shared: int = REFERENCE_SHARED,
+                    directions: int = 1) -> dict[str, tuple[float, SequencePlan | None]]:
     """Modelled seconds per step of each path: "batch-tiled" (one slice streaming W_hh), "hidden-split" (the
     best with several slices streaming W_hh), "weight-stationary" (the best plan keeping W_hh on chip, where one
-    fits) and "stepwise", each with its plan."""
-    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared)
+    fits) and "stepwise", each with its plan; per step of the layer's ``directions`` directions."""
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions)
     streaming = [c for c in costed if not c[1].resident]
     out = {"batch-tiled": next(c for c in streaming if c[1].slices == 1)}
     for name, chosen in (("hidden-split", [c for c in streaming if c[1].slices > 1]),
                          ("weight-stationary", [c for c in costed if c[1].resident])):
         if chosen:
             out[name] = _cheapest(chosen)
-    out["stepwise"] = (stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
+    out["stepwise"] = (directions * stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
     return out
 
 
 def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
                  batch: int = 64, sms: int = REFERENCE_SMS, concurrent: bool = True,
-                 shared: int = REFERENCE_SHARED) -> tuple[str, str]:
+                 shared: int = REFERENCE_SHARED, directions: int = 1) -> tuple[str, str]:
     """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step);
     ``concurrent`` as for ``sequence_plan``."""
     path = choose_path(mode, hidden_size, proj_size, dtype, rocm, sms, shared)
@@ -304,10 +318,10 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         return path, f"forced by fused_rnn.force_path({_forced!r})"
     if rocm and _stepwise_on_rocm(mode, dtype):
         return path, f"on AMD GPUs the {mode} sequence kernels spill registers in {dtype} (compile report)"
-    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared)
-    tiles, slices = plan.grid(batch)
+    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared, directions)
+    tiles, slices = triton.cdiv(batch, plan.blocks.block_b), plan.slices
     shown = []
-    for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared).items():
+    for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared, directions).items():
         how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
         shown.append(f"{name}{how} {seconds * 1e6:.2f} us")
     return path, (
@@ -316,6 +330,7 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         f"sequence plan: {tiles} batch tiles of {plan.blocks.block_b} rows x {slices} hidden slices of "
         f"{plan.columns(hidden_size)} units, W_hh " + ("on chip" if plan.resident else "streamed from L2") + ", "
         + ("one launch" if plan.one_launch else "one launch per step and phase")
+        + ("" if directions == 1 else " for both directions" if plan.directions == 2 else " for each direction")
     )
 
 

@@ -43,8 +43,14 @@ def _differentiated(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _stacked(per_direction: list[Tensor]) -> Tensor:
+    """One layer's parameters of every direction, stacked on a leading axis (a view for one direction)."""
+    return per_direction[0][None] if len(per_direction) == 1 else torch.stack(per_direction)
+
+
 def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor):
-    """All layers and directions over padded time-major x (T, B, I).
+    """All layers and directions over padded time-major x (T, B, I): on the sequence path one op per layer
+    for both directions.
 
     h0 (L*D, B, H_out), c0 (L*D, B, H) or None. Returns y (T, B, D*H_out), h_n, c_n.
     """
@@ -57,30 +63,34 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
                        device_shared(x.device))
     h_n, c_n = [], []
     for layer in range(module.num_layers):
-        outs = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            w = weights[k * per : (k + 1) * per]
-            w_ih, w_hh = w[0], w[1]
-            b_ih, b_hh = (w[2], w[3]) if module.bias else (None, None)
-            w_hr = w[-1] if proj > 0 else None
-            c_init = c0[k] if c0 is not None else None
-            if path == "stepwise":
-                xp, b_hn = sequence_ops.project(x, w_ih, b_ih, b_hh, cell)
+        rows = slice(layer * dirs, (layer + 1) * dirs)  # this layer's directions in h0, c0 and h_n
+        directions = [weights[k * per : (k + 1) * per] for k in range(rows.start, rows.stop)]
+        if path == "stepwise":
+            outs = []
+            for d, w in enumerate(directions):
+                b_ih, b_hh = (w[2][None], w[3][None]) if module.bias else (None, None)
+                xp, b_hn = sequence_ops.project(x, w[0][None], b_ih, b_hh, cell)
                 y, h, c = reference.sequence(
-                    module.mode, xp, w_hh, b_hn, w_hr, h0[k], c_init, lengths, d == 1, STEPWISE_CELLS
+                    module.mode, xp, w[1], None if b_hn is None else b_hn[0], w[-1] if proj > 0 else None,
+                    h0[rows.start + d], None if c0 is None else c0[rows.start + d], lengths, d == 1, STEPWISE_CELLS,
                 )
-            else:  # the op projects x itself and keeps x, not the projection, for backward
-                inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[k], c_init)
-                save = _differentiated(*inputs)  # else the gates are not written
-                y, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, d == 1, save)
-            outs.append(y)
+                outs.append(y)
+                h_n.append(h[None])
+                c_n.append(None if c is None else c[None])
+            x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+        else:  # one op for the layer's directions; it projects x itself and keeps x, not the projection
+            w_ih, w_hh = _stacked([w[0] for w in directions]), _stacked([w[1] for w in directions])
+            b_ih = _stacked([w[2] for w in directions]) if module.bias else None
+            b_hh = _stacked([w[3] for w in directions]) if module.bias else None
+            w_hr = _stacked([w[-1] for w in directions]) if proj > 0 else None
+            inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[rows], None if c0 is None else c0[rows])
+            save = _differentiated(*inputs)  # else the gates are not written
+            x, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, False, save)
             h_n.append(h)
             c_n.append(c)
-        x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
         if module.dropout > 0 and module.training and layer < module.num_layers - 1:
             x = F.dropout(x, module.dropout, training=True)
-    return x, torch.stack(h_n), (torch.stack(c_n) if cell == K.LSTM else None)
+    return x, torch.cat(h_n), (torch.cat(c_n) if cell == K.LSTM else None)
 
 
 def _check_attributes(x: Tensor, states: tuple[Tensor, ...], params: list[Tensor]) -> None:

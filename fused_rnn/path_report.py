@@ -50,7 +50,7 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
     path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype, on_rocm(x.device),
                              _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda",
-                             shared=device_shared(x.device))
+                             shared=device_shared(x.device), directions=2 if module.bidirectional else 1)
     what = {"sequence": "Triton sequence kernel",
             "stepwise": "stepwise (a torch matmul and a Triton cell kernel per time step)"}[path]
     return "\n".join(f"{name} layer {k}: {what}: {why}" for k in range(module.num_layers))

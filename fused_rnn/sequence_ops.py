@@ -1,10 +1,12 @@
-"""One recurrent layer and direction over a whole sequence, as a torch.library custom op.
+"""One recurrent layer over a whole sequence, in one or both directions, as a torch.library custom op.
 
 ``fused_rnn::sequence`` takes the layer input x (T, B, I) and the layer's
-weights. It computes the input projection of the whole sequence,
-xp = x W_ih^T + the foldable biases (``project``: one torch GEMM; GRU keeps
-b_hn, the hidden-side bias of n, apart), then runs the time loop in one Triton
-launch. Its autograd runs the reverse-time Triton kernel for the gate
+weights, stacked over its D directions (D = 2 for a bidirectional layer,
+whose direction 1 runs in reverse). It computes the input projection of the
+whole sequence for every direction, xp = x W_ih^T + the foldable biases
+(``project``: one torch GEMM; GRU keeps b_hn, the hidden-side bias of n,
+apart), then runs the time loop in one Triton launch for both directions (or
+one per direction, as the plan says). Its autograd runs the reverse-time Triton kernel for the gate
 gradients and the carried state gradient, then takes the weight gradients
 from one GEMM each over the whole sequence: dW_hh from the states each step
 read, and, for the projection, dX = dG_x W_ih, dW_ih = dG_x^T X and the bias
@@ -39,28 +41,32 @@ MODES = {cell: mode for mode, cell in K.CELLS.items()}  # torch.nn's mode name o
 
 
 def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: torch.dtype, device: torch.device) -> SequencePlan:
-    """The dispatcher's plan for the sequence kernels of one layer-direction on ``device``: the interpreter runs it
-    one step and phase per launch (its programs run one after another)."""
-    hidden = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
-    proj = w_hh.shape[1] if w_hr is not None else 0
+    """The dispatcher's plan for the sequence kernels of one layer (w_hh (D, G, R): D directions) on ``device``:
+    the interpreter runs it one step and phase per launch (its programs run one after another)."""
+    directions, _, state = w_hh.shape
+    hidden = w_hr.shape[2] if w_hr is not None else state
+    proj = state if w_hr is not None else 0
     sms, shared = dispatch.device_sms(device), dispatch.device_shared(device)
-    return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared)
+    return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared, directions)
 
 
 def project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:
-    """Input projection of the whole sequence, (T, B, I) -> (T, B, G), with the biases folded in.
+    """Input projection of the whole sequence for D directions in one GEMM, (T, B, I) -> (T, B, D*G), the
+    directions side by side, with the biases folded in. w_ih (D, G, I), b_ih and b_hh (D, G) or both None.
 
-    GRU keeps b_hn apart (it sits inside r * (W_hn h + b_hn)); it is returned separately. The op's forward,
-    its double-backward recomputation and the layers' stepwise path all project with this.
+    GRU keeps b_hn (D, H) apart (it sits inside r * (W_hn h + b_hn)); it is returned separately. The op's
+    forward, its double-backward recomputation and the layers' stepwise path all project with this.
     """
+    directions, gates, inputs = w_ih.shape
+    w = w_ih.reshape(directions * gates, inputs)
     if b_ih is None:
-        return F.linear(x, w_ih), None
+        return F.linear(x, w), None
     if cell == GRU:
-        hidden = w_ih.shape[0] // 3
-        b_hn = b_hh[2 * hidden :]
-        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
-        return F.linear(x, w_ih, bias), b_hn
-    return F.linear(x, w_ih, b_ih + b_hh), None
+        hidden = gates // 3
+        b_hn = b_hh[:, 2 * hidden :]
+        bias = b_ih + torch.cat([b_hh[:, : 2 * hidden], torch.zeros_like(b_hn)], dim=1)
+        return F.linear(x, w, bias.reshape(-1)), b_hn
+    return F.linear(x, w, (b_ih + b_hh).reshape(-1)), None
 
 
 @torch.library.custom_op("fused_rnn::sequence", mutates_args=())
@@ -68,11 +74,12 @@ def sequence(
     x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
     h0: Tensor, c0: Tensor | None, lengths: Tensor, cell: int, reverse: bool, save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """x (T, B, I), w_ih (G, I), b_ih and b_hh (G,) or both None, w_hh (G, R), w_hr (R, H) LSTM projection or
-    None (then R = H), h0 (B, R), c0 (B, H) or None (LSTM), lengths (B,) int64.
+    """D directions (1, or 2: a bidirectional layer, direction 1 in reverse; ``reverse`` reverses a single
+    direction): x (T, B, I), w_ih (D, G, I), b_ih and b_hh (D, G) or both None, w_hh (D, G, R), w_hr (D, R, H)
+    LSTM projection or None (then R = H), h0 (D, B, R), c0 (D, B, H) or None (LSTM), lengths (B,) int64.
 
-    Returns y (T, B, R), h_n (B, R), c_n (B, H) (empty unless LSTM), and what
-    backward needs: the saved gates and cell states (empty unless ``save``,
+    Returns y (T, B, D*R) (the directions side by side, as torch.nn's output), h_n (D, B, R), c_n (D, B, H)
+    (empty unless LSTM), and what backward needs: the saved gates and cell states (empty unless ``save``,
     which a caller that will not differentiate clears) and the pre-projection outputs.
     The input projection (``project``) is computed here and not kept.
     """
@@ -87,8 +94,8 @@ def sequence_backward(
     dy: Tensor, dh_n: Tensor, dc_n: Tensor | None, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor,
     c0: Tensor | None, lengths: Tensor, y: Tensor, ws: Tensor, cs: Tensor, cell: int, reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gate gradients (T, B, GS); dh0 (B, R) and dc0 (B, H) in the compute dtype (dc0 empty unless LSTM);
-    the gradient of every step's h (T, B, R) with a projection (else empty)."""
+    """Gate gradients (D, T, B, GS); dh0 (D, B, R) and dc0 (D, B, H) in the compute dtype (dc0 empty unless
+    LSTM); the gradient of every step's h (D, T, B, R) with a projection (else empty)."""
     plan = plan_for(cell, y.shape[1], w_hh, w_hr, y.dtype, y.device)
     dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, plan)
     return dg, dh0, dc0, dhs
@@ -101,30 +108,31 @@ def _acc(t: Tensor) -> torch.dtype:
 @sequence.register_fake
 def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save):
     T, B, _ = x.shape
-    R = w_hh.shape[1]
-    H = w_hr.shape[1] if w_hr is not None else R
+    D, _, R = w_hh.shape
+    H = w_hr.shape[2] if w_hr is not None else R
     dtype = torch.promote_types(x.dtype, w_ih.dtype)  # xp's, F.linear's result
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     lstm = cell == LSTM
     saved = K.SAVED[cell] * H if save else 0
     return (
-        x.new_empty(T, B, R, dtype=dtype), x.new_empty(B, R, dtype=dtype),
-        x.new_empty((B, H) if lstm else (0,), dtype=dtype),
-        x.new_empty((T, B, saved) if saved else (0,), dtype=acc),
-        x.new_empty((T, B, H) if lstm and save else (0,), dtype=acc),
-        x.new_empty((T, B, H) if w_hr is not None else (0,), dtype=dtype),
+        x.new_empty(T, B, D * R, dtype=dtype), x.new_empty(D, B, R, dtype=dtype),
+        x.new_empty((D, B, H) if lstm else (0,), dtype=dtype),
+        x.new_empty((D, T, B, saved) if saved else (0,), dtype=acc),
+        x.new_empty((D, T, B, H) if lstm and save else (0,), dtype=acc),
+        x.new_empty((D, T, B, H) if w_hr is not None else (0,), dtype=dtype),
     )
 
 
 @sequence_backward.register_fake
 def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse):
-    T, B, R = y.shape
-    H = w_hr.shape[1] if w_hr is not None else R
+    T, B, _ = y.shape
+    D, _, R = w_hh.shape
+    H = w_hr.shape[2] if w_hr is not None else R
     gs = (4 if cell in (LSTM, GRU) else 1) * H
     acc = _acc(y)
     return (
-        y.new_empty(T, B, gs), y.new_empty(B, R, dtype=acc), y.new_empty((B, H) if cell == LSTM else (0,), dtype=acc),
-        y.new_empty((T, B, R) if w_hr is not None else (0,)),
+        y.new_empty(D, T, B, gs), y.new_empty(D, B, R, dtype=acc),
+        y.new_empty((D, B, H) if cell == LSTM else (0,), dtype=acc), y.new_empty((D, T, B, R) if w_hr is not None else (0,)),
     )
 
 
@@ -171,7 +179,16 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tens
                 t.to(acc) if t is not None else None for t in (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
             )
             xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
-            y, h_n, c_n = reference.sequence(MODES[cell], xp, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
+            gates = w_ih.shape[1]
+            per_direction = [
+                reference.sequence(MODES[cell], xp[..., d * gates : (d + 1) * gates], w_hh[d],
+                                   None if b_hn is None else b_hn[d], None if w_hr is None else w_hr[d], h0[d],
+                                   None if c0 is None else c0[d], lengths, reverse or d == 1)
+                for d in range(w_hh.shape[0])
+            ]
+            y = torch.cat([o[0] for o in per_direction], dim=-1)
+            h_n = torch.stack([o[1] for o in per_direction])
+            c_n = None if cell != LSTM else torch.stack([o[2] for o in per_direction])
         outs = (y, h_n) if c_n is None else (y, h_n, c_n)
         return tuple(o.to(dtype) for o in outs)
 
@@ -189,7 +206,8 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     dg, dh0, dc0, dhs = sequence_backward(
         dy, dh_n, dc_n if cell == LSTM else None, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, ctx.reverse
     )
-    T, B, R = y.shape
+    T, B, _ = y.shape
+    D, _, R = w_hh.shape
     H = ms.shape[-1] if w_hr is not None else R
     if cell == GRU:
         d_xp = dg[..., : 3 * H]  # the gradient of xp (r, z, n input sides)
@@ -197,27 +215,29 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     else:
         d_xp, d_hidden = dg, dg
     G, I = d_xp.shape[-1], x.shape[-1]
-    d_xp2 = d_xp.reshape(T * B, G)
+    # (T*B, D*G): the directions side by side, as project's xp has them
+    d_xp2 = d_xp.permute(1, 2, 0, 3).reshape(T * B, D * G)
     # The input projection's gradients, as F.linear's autograd gave them (project: xp = x W_ih^T + bias).
     d_x = d_wi = d_bi = d_bh = None
     if need["x"]:
-        d_x = d_xp2.mm(w_ih.to(d_xp2.dtype)).view(T, B, I).to(x.dtype)
+        d_x = d_xp2.mm(w_ih.reshape(D * G, I).to(d_xp2.dtype)).view(T, B, I).to(x.dtype)
     if need["w_ih"]:
-        d_wi = d_xp2.t().mm(x.reshape(T * B, I).to(d_xp2.dtype)).to(w_ih.dtype)
+        d_wi = d_xp2.t().mm(x.reshape(T * B, I).to(d_xp2.dtype)).view(D, G, I).to(w_ih.dtype)
     if b_ih is not None and (need["b_ih"] or need["b_hh"]):
-        d_bias = d_xp2.sum(0)  # the folded bias's: b_ih's, and b_hh's where it is folded
+        d_bias = d_xp2.sum(0).view(D, G)  # the folded bias's: b_ih's, and b_hh's where it is folded
         d_bi = d_bias.to(b_ih.dtype) if need["b_ih"] else None
         if need["b_hh"]:
             if cell == GRU:  # b_hh[:2H] folded into xp, b_hh[2H:] = b_hn from the hidden-side n gradients
-                d_bh = torch.cat([d_bias[: 2 * H], dg[..., 3 * H :].sum((0, 1))]).to(b_hh.dtype)
+                d_bh = torch.cat([d_bias[:, : 2 * H], dg[..., 3 * H :].sum((1, 2))], dim=1).to(b_hh.dtype)
             else:
                 d_bh = d_bias.to(b_hh.dtype)
     d_w = d_wr = None
-    if need["w_hh"]:
-        h_prev = previous_states(y, h0, lengths, ctx.reverse)
-        d_w = d_hidden.reshape(T * B, d_hidden.shape[-1]).t().mm(h_prev.reshape(T * B, R).to(d_hidden.dtype))
+    if need["w_hh"]:  # one batched GEMM over the directions
+        h_prev = torch.stack([previous_states(y[..., d * R : (d + 1) * R], h0[d], lengths, ctx.reverse or d == 1)
+                              for d in range(D)]).view(D, T * B, R)
+        d_w = d_hidden.reshape(D, T * B, d_hidden.shape[-1]).transpose(1, 2).bmm(h_prev.to(d_hidden.dtype))
     if w_hr is not None and need["w_hr"]:
-        d_wr = dhs.reshape(T * B, R).t().mm(ms.reshape(T * B, H))
+        d_wr = dhs.reshape(D, T * B, R).transpose(1, 2).bmm(ms.reshape(D, T * B, H))
     d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None
     return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None
 

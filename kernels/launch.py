@@ -167,13 +167,16 @@ class SequencePlan:
     must hold the grid at once), else one launch per step and phase. When
     ``resident`` each program owns one block of BLOCK_H units and keeps its
     slice of W_hh on chip for the whole launch (weight-stationary), else it
-    streams the slice from L2 every step.
+    streams the slice from L2 every step. ``directions`` = 2 runs both
+    directions of a bidirectional layer in one launch (grid axis 0: the batch
+    tiles of direction 0, then of direction 1); 1 runs one direction a launch.
     """
 
     blocks: SequenceBlocks
     slices: int = 1
     one_launch: bool = True
     resident: bool = False
+    directions: int = 1
 
     def columns(self, width: int) -> int:
         """Units of a ``width``-wide state each program owns."""
@@ -181,8 +184,8 @@ class SequencePlan:
         return triton.cdiv(per, self.blocks.block_h) * self.blocks.block_h
 
     def grid(self, batch: int) -> tuple[int, int]:
-        """(batch tiles, slices)."""
-        return triton.cdiv(batch, self.blocks.block_b), self.slices
+        """(directions x batch tiles, slices)."""
+        return self.directions * triton.cdiv(batch, self.blocks.block_b), self.slices
 
     @property
     def barrier(self) -> bool:

@@ -59,12 +59,16 @@ BROKEN = tl.constexpr(1 << 30)
 
 
 @triton.jit
-def _program_rows(lengths, B, BLOCK_B: tl.constexpr):
-    """This program's batch rows (int64), their mask, their lengths and a zero per row (a time index of 0)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+def _program_rows(lengths, B, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's direction d (int64; grid axis 0 runs over the batch tiles of direction 0, then of
+    direction 1), whether it runs in reverse (direction 1 of a bidirectional launch, or REVERSE), its batch
+    rows (int64), their mask, their lengths and a zero per row (a time index of 0)."""
+    tiles = tl.cdiv(B, BLOCK_B)
+    d = tl.program_id(0) // tiles
+    rows = (tl.program_id(0) - d * tiles).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     lens = tl.load(lengths + rows, mask=rmask, other=0)
-    return rows, rmask, lens, tl.zeros_like(lens)
+    return d.to(tl.int64), d != REVERSE, rows, rmask, lens, tl.zeros_like(lens)
 
 
 @triton.jit
@@ -102,16 +106,14 @@ def _slices_barrier(sync, arrivals, BARRIER: tl.constexpr, SPIN_LIMIT: tl.conste
 
 
 @triton.jit
-def _step_rows(s, lengths, REVERSE: tl.constexpr):
-    """Time index of each row at step s and whether the row is active (s < its length).
+def _step_rows(s, lengths, reverse):
+    """Time index of each row at step s and whether the row is active (s < its length); ``reverse``: whether the
+    program runs backwards in time.
 
     Inactive rows point at time s, a padding position, where they write zeros.
     """
     active = s < lengths
-    if REVERSE:
-        t = tl.where(active, lengths - 1 - s, s)
-    else:
-        t = tl.zeros_like(lengths) + s
+    t = tl.where(active & reverse, lengths - 1 - s, tl.zeros_like(lengths) + s)
     return t, active
 
 
@@ -276,16 +278,28 @@ def sequence_fwd_kernel(
     reduction width R padded to KP, once before the time loop; each step then
     reads only h_{t-1} of its rows. KP = 0: W_hh streamed every step.
     """
-    rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
+    d, rev, rows, rmask, lens, zero_b = _program_rows(lengths, B, REVERSE, BLOCK_B)
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0)
+    # Direction d's tensors: its columns of xp and y, its block of the stacked weights and buffers.
+    G = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    xp += d * G * H * s_xg
+    y += d * R * s_yh
+    w += d * G * H * s_wg
+    b_hn += d * H * s_bhn
+    w_hr += d * R * s_wrp
+    hbuf += d * 2 * s_hbp
+    cbuf += d * B * s_cbb
+    ws += d * T * s_wst
+    cs += d * T * s_cst
+    ms += d * T * s_mst
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
     w_gates = _resident_gates(w, s_wg, s_wk, h_lo, H, R, CELL, GATES_P2, KP, BLOCK_H)
     for s in range(S_BEGIN, S_END):
         h_cur = hbuf + (s % 2) * s_hbp
         h_nxt = hbuf + ((s + 1) % 2) * s_hbp
-        t, active = _step_rows(s, lens, REVERSE)
+        t, active = _step_rows(s, lens, rev)
         arrived = (s - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
         for j in range(h_lo, h_hi if (FWD_CELL & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
@@ -384,10 +398,24 @@ def sequence_bwd_kernel(
     R and loads those columns of W_hh, every gate block, the reduction width H
     padded to KP, once before the time loop. KP = 0: W_hh streamed every step.
     """
-    rows, rmask, lens, zero_b = _program_rows(lengths, B, BLOCK_B)
+    d, rev, rows, rmask, lens, zero_b = _program_rows(lengths, B, REVERSE, BLOCK_B)
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0)
+    # Direction d's tensors: its columns of dy and y, its block of the stacked weights, states and buffers.
+    G = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    dy += d * R * s_dyh
+    y += d * R * s_yh
+    w += d * G * H * s_wg
+    w_hr += d * R * s_wrp
+    h0 += d * B * s_h0b
+    c0 += d * B * s_c0b
+    ws += d * T * s_wst
+    cs += d * T * s_cst
+    dg += d * T * s_dgt
+    dhs += d * T * s_dht
+    dhbuf += d * B * s_dhb
+    dcbuf += d * B * s_dcb
     # The program's resident columns of W_hh (its units of h), gate block by gate block.
     H64, r_lo64 = tl.cast(H, tl.int64), r_lo.to(tl.int64)
     wb_0 = _resident_slice(w, s_wk, s_wg, r_lo64, R - r_lo, H, KP, BLOCK_H)
@@ -396,11 +424,8 @@ def sequence_bwd_kernel(
     wb_3 = _resident_slice(w + 3 * H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL == 0 else 0, BLOCK_H)
     for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
-        t, active = _step_rows(s, lens, REVERSE)
-        if REVERSE:
-            tp = t + 1
-        else:
-            tp = t - 1
+        t, active = _step_rows(s, lens, rev)
+        tp = tl.where(rev, t + 1, t - 1)
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
         arrived = (r_step - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
         if HAS_PROJ:
@@ -584,13 +609,13 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
 
 
 def _in_block_offsets_fit(w: torch.Tensor | None, block_k: int) -> torch.Tensor | None:
-    """``w``, or a contiguous copy when BLOCK_K times one of its strides passes int32.
+    """``w`` (D, rows, K), or a contiguous copy when BLOCK_K times one of its strides passes int32.
 
     ``_matmul_block`` offsets a block's base in int64 but the rows inside a block
     in int32 (64-bit offsets there spill registers); a weight view with a huge
     stride is copied rather than read out of bounds.
     """
-    if w is None or max(w.stride()) * block_k < 2**31:
+    if w is None or max(w.stride()[1:]) * block_k < 2**31:  # the leading axis is the direction
         return w
     return w.contiguous()
 
@@ -606,83 +631,109 @@ def _resident_width(plan: SequencePlan, hidden: int, width: int) -> int:
 
 
 def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
-    """A tensor argument and its strides, or a placeholder with zero strides for an unused one."""
-    return (t, *t.stride()) if t is not None and t.numel() else (like, *([0] * ndim))
+    """A tensor argument and its strides, or a placeholder with zero strides for an unused one. ``t`` has a
+    leading direction axis: the kernels get one direction's strides (direction d is d x its size further)."""
+    return (t, *t.stride()[1:]) if t is not None and t.numel() else (like, *([0] * ndim))
+
+
+def _launches(plan: SequencePlan, directions: int, reverse: bool) -> list[tuple[slice, bool]]:
+    """(directions, REVERSE) of each launch: all directions in one launch when the plan says so, else one
+    direction a launch (direction 1 of a bidirectional layer in reverse)."""
+    if plan.directions == directions:
+        return [(slice(0, directions), reverse)]
+    return [(slice(d, d + 1), reverse or d == 1) for d in range(directions)]
+
+
+def _part(t: torch.Tensor | None, d: slice, width: int = 0) -> torch.Tensor | None:
+    """Directions ``d`` of ``t``: its leading axis, or with ``width`` its last axis in blocks of ``width``
+    (xp, y and dy hold the directions side by side, as torch.nn's bidirectional output)."""
+    if t is None or not t.numel():
+        return t
+    return t[..., d.start * width : d.stop * width] if width else t[d]
 
 
 def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool, plan: SequencePlan):
-    """One layer and direction over the whole sequence, covered as ``plan`` says.
+    """One layer over the whole sequence in D directions (1, or 2: a bidirectional layer, direction 1 in
+    reverse), covered as ``plan`` says (both directions in one launch when ``plan.directions`` is 2).
 
-    xp (T, B, G) input projection with biases folded, w_hh (G, R), b_hn (H,) or
-    None (GRU), w_hr (R, H) or None (LSTM projection; R = H without it), h0
-    (B, R) and c0 (B, H) (c0 only for LSTM), lengths (B,) int64.
-    Returns y (T, B, R), h_n (B, R), c_n (B, H), the saved gates (T, B, 4H)
-    and cell states (T, B, H) when ``save`` (what backward reads), and the
-    pre-projection outputs m (T, B, H); unused ones are empty.
+    xp (T, B, D*G) input projection with biases folded, directions side by side; w_hh (D, G, R); b_hn (D, H)
+    or None (GRU); w_hr (D, R, H) or None (LSTM projection; R = H without it); h0 (D, B, R) and c0 (D, B, H)
+    (c0 only for LSTM); lengths (B,) int64. Returns y (T, B, D*R), h_n (D, B, R), c_n (D, B, H), the saved
+    gates (D, T, B, 4H) and cell states (D, T, B, H) when ``save`` (what backward reads), and the
+    pre-projection outputs m (D, T, B, H); unused ones are empty.
     """
+    D, G, R = w_hh.shape
     T, B, _ = xp.shape
-    R = w_hh.shape[1]
-    H = w_hr.shape[1] if w_hr is not None else R
+    H = w_hr.shape[2] if w_hr is not None else R
     acc = _compute_dtype(xp.dtype)
-    y = new_output(xp, (T, B, R))
-    hbuf = new_output(xp, (2, B, R))  # the broadcast h, in the dtype the products consume it in
-    hbuf[0].copy_(h0)
+    y = new_output(xp, (T, B, D * R))
+    hbuf = new_output(xp, (D, 2, B, R))  # the broadcast h, in the dtype the products consume it in
+    hbuf[:, 0].copy_(h0)
     is_lstm = cell == LSTM
     state = xp.new_empty(0, dtype=acc)
     own = c0 if is_lstm else h0 if cell == GRU else None  # state each program keeps for its own units
-    cbuf = new_output(state, (B, H)).copy_(own) if own is not None else state
+    cbuf = new_output(state, (D, B, H)).copy_(own) if own is not None else state
     save = save and SAVED[cell] > 0
-    ws = new_output(state, (T, B, SAVED[cell] * H) if save else (0,))
-    cs = new_output(state, (T, B, H) if save and is_lstm else (0,))
-    ms = new_output(xp, (T, B, H) if w_hr is not None else (0,))
-    meta = _meta(cell, reverse, xp.dtype, plan)
-    meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, KP=_resident_width(plan, H, R),
-                GATES_P2=triton.next_power_of_2(GATES[cell]))
-    w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
-    head = (
-        xp, *xp.stride(), w_hh, *w_hh.stride(), *_or_dummy(b_hn, xp, 1), *_or_dummy(w_hr, xp, 2), lengths,
-        y, *y.stride(), hbuf, *hbuf.stride(), *_or_dummy(cbuf, xp, 2), *_or_dummy(ws, xp, 3),
-        *_or_dummy(cs, xp, 3), *_or_dummy(ms, xp, 3),
-    )
-    tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+    ws = new_output(state, (D, T, B, SAVED[cell] * H) if save else (0,))
+    cs = new_output(state, (D, T, B, H) if save and is_lstm else (0,))
+    ms = new_output(xp, (D, T, B, H) if w_hr is not None else (0,))
+    # The kernels step from one direction's weights to the next by their size: stacked, contiguous.
+    w_hh, b_hn, w_hr = (w if w is None or D == 1 else w.contiguous() for w in (w_hh, b_hn, w_hr))
+    w_hh, w_hr = (_in_block_offsets_fit(w, plan.blocks.block_k) for w in (w_hh, w_hr))
     phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
-    _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
-    h_n = hbuf[T % 2].clone()
+    for d, rev in _launches(plan, D, reverse):
+        meta = _meta(cell, rev, xp.dtype, plan)
+        meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, KP=_resident_width(plan, H, R),
+                    GATES_P2=triton.next_power_of_2(GATES[cell]))
+        x_d, y_d = _part(xp, d, G), _part(y, d, R)
+        head = (
+            x_d, *x_d.stride(), *_or_dummy(_part(w_hh, d), xp, 2), *_or_dummy(_part(b_hn, d), xp, 1),
+            *_or_dummy(_part(w_hr, d), xp, 2), lengths, y_d, *y_d.stride(), *_or_dummy(_part(hbuf, d), xp, 3),
+            *_or_dummy(_part(cbuf, d), xp, 2), *_or_dummy(_part(ws, d), xp, 3), *_or_dummy(_part(cs, d), xp, 3),
+            *_or_dummy(_part(ms, d), xp, 3),
+        )
+        tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+        _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
+    h_n = hbuf[:, T % 2].clone()
     c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
     return y, h_n, c_n, ws, cs, ms
 
 
 def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool,
                       plan: SequencePlan):
-    """Reverse-time pass of one layer and direction, covered as ``plan`` says.
+    """Reverse-time pass of one layer in D directions, covered as ``plan`` says (as ``sequence_forward``).
 
-    Gradients dy (T, B, R), dh_n (B, R) and dc_n (B, H) (dc_n only for LSTM),
-    and the forward's tensors. Returns the gate gradients (T, B, GS) with
-    GS = 4H, 4H (GRU: r, z, input-side n, hidden-side n) or H, zero past each
-    length; dh0 (B, R) and dc0 (B, H) (empty except for LSTM) in the compute
-    dtype; and with a projection the gradient of each step's h, (T, B, R),
-    zero past each length (else empty).
+    Gradients dy (T, B, D*R), dh_n (D, B, R) and dc_n (D, B, H) (dc_n only for LSTM), and the forward's
+    tensors. Returns the gate gradients (D, T, B, GS) with GS = 4H, 4H (GRU: r, z, input-side n, hidden-side
+    n) or H, zero past each length; dh0 (D, B, R) and dc0 (D, B, H) (empty except for LSTM) in the compute
+    dtype; and with a projection the gradient of each step's h, (D, T, B, R), zero past each length (else
+    empty).
     """
-    T, B, R = y.shape
-    H = w_hr.shape[1] if w_hr is not None else R
+    D, G, R = w_hh.shape
+    T, B, _ = y.shape
+    H = w_hr.shape[2] if w_hr is not None else R
     gs = {LSTM: 4, GRU: 4}.get(cell, 1) * H
     acc = _compute_dtype(y.dtype)
-    dg = new_output(y, (T, B, gs))
-    dhs = new_output(y, (T, B, R) if w_hr is not None else (0,))
-    dhbuf = new_output(y.new_empty(0, dtype=acc), (B, R)).copy_(dh_n)
+    dg = new_output(y, (D, T, B, gs))
+    dhs = new_output(y, (D, T, B, R) if w_hr is not None else (0,))
+    dhbuf = new_output(y.new_empty(0, dtype=acc), (D, B, R)).copy_(dh_n)
     is_lstm = cell == LSTM
-    dcbuf = new_output(dhbuf, (B, H)).copy_(dc_n) if is_lstm else dhbuf.new_empty(0)
-    meta = _meta(cell, reverse, y.dtype, plan)
-    meta.update(HAS_PROJ=w_hr is not None, KP=_resident_width(plan, H, H))
-    w_hh, w_hr = (_in_block_offsets_fit(w, meta["BLOCK_K"]) for w in (w_hh, w_hr))
-    head = (
-        dy, *dy.stride(), w_hh, *w_hh.stride(), *_or_dummy(w_hr, y, 2), h0, *h0.stride(), *_or_dummy(c0, h0, 2),
-        lengths, y, *y.stride(), *_or_dummy(ws, y, 3), *_or_dummy(cs, y, 3), dg, *dg.stride(),
-        *_or_dummy(dhs, y, 3), dhbuf, *dhbuf.stride(), *_or_dummy(dcbuf, y, 2),
-    )
-    tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+    dcbuf = new_output(dhbuf, (D, B, H)).copy_(dc_n) if is_lstm else dhbuf.new_empty(0)
+    w_hh, w_hr, h0, c0 = (w if w is None or D == 1 else w.contiguous() for w in (w_hh, w_hr, h0, c0))
+    w_hh, w_hr = (_in_block_offsets_fit(w, plan.blocks.block_k) for w in (w_hh, w_hr))
     phases = [BWD_GATES.value, BWD_CARRY.value]
     if w_hr is not None:
         phases.insert(0, BWD_PROJ.value)
-    _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)
+    for d, rev in _launches(plan, D, reverse):
+        meta = _meta(cell, rev, y.dtype, plan)
+        meta.update(HAS_PROJ=w_hr is not None, KP=_resident_width(plan, H, H))
+        dy_d, y_d = _part(dy, d, R), _part(y, d, R)
+        head = (
+            dy_d, *dy_d.stride(), *_or_dummy(_part(w_hh, d), y, 2), *_or_dummy(_part(w_hr, d), y, 2),
+            *_or_dummy(_part(h0, d), y, 2), *_or_dummy(_part(c0, d), y, 2), lengths, y_d, *y_d.stride(),
+            *_or_dummy(_part(ws, d), y, 3), *_or_dummy(_part(cs, d), y, 3), *_or_dummy(_part(dg, d), y, 3),
+            *_or_dummy(_part(dhs, d), y, 3), *_or_dummy(_part(dhbuf, d), y, 2), *_or_dummy(_part(dcbuf, d), y, 2),
+        )
+        tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+        _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)
     return dg, dhbuf, dcbuf, dhs

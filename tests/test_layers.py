@@ -10,7 +10,8 @@ from helpers import assert_all_close, assert_close, assert_kernels, kernels_of
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import fused_rnn
-from fused_rnn import dispatch
+from fused_rnn import dispatch, sequence_ops
+from fused_rnn.kernels import sequence_kernels as K
 from fused_rnn.dispatch import make_plan
 from fused_rnn.kernels.launch import sequence_blocks
 
@@ -122,10 +123,11 @@ def as_hx(cell: str, states: list[torch.Tensor], dtype) -> object:
     return None if not states else tuple(states) if cell == "LSTM" else states[0]
 
 
-def sequence_kernels(layers: int, dirs: int, steps: tuple[int, int] = (1, 1)) -> dict[str, int]:
-    """The launches of one forward and backward on the sequence path per layer and direction: one each, or
-    ``steps`` (forward, backward) when the kernels run one step and phase per launch."""
-    return {"sequence_fwd_kernel": layers * dirs * steps[0], "sequence_bwd_kernel": layers * dirs * steps[1]}
+def sequence_kernels(layers: int, launches: int, steps: tuple[int, int] = (1, 1)) -> dict[str, int]:
+    """The launches of one forward and backward on the sequence path: ``launches`` per layer (1: both directions
+    of a bidirectional layer in one launch) of one each, or ``steps`` (forward, backward) when the kernels run
+    one step and phase per launch."""
+    return {"sequence_fwd_kernel": layers * launches * steps[0], "sequence_bwd_kernel": layers * launches * steps[1]}
 
 
 def stepped_launches(slices: int, length: int, proj: bool, device) -> tuple[int, int]:
@@ -164,7 +166,12 @@ def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path=
         assert {g for grids in launches.grids.values() for g in grids} == {grid}
     if path == "sequence":
         steps = stepped_launches(slices or 1, inputs.length, bool(kwargs.get("proj_size")), device)
-        assert launches.by_kernel == sequence_kernels(fused.num_layers, 2 if fused.bidirectional else 1, steps)
+        dirs = 2 if fused.bidirectional else 1
+        w_hh = torch.empty(dirs, 1, kwargs.get("proj_size") or fused.hidden_size, device="meta")
+        w_hr = torch.empty(dirs, 1, fused.hidden_size, device="meta") if kwargs.get("proj_size") else None
+        with fused_rnn.force_path(path, slices, resident, rows):  # the plan the layer ran under
+            plan = sequence_ops.plan_for(K.CELLS[fused.mode], inputs.batch, w_hh, w_hr, dtype, torch.device(device))
+        assert launches.by_kernel == sequence_kernels(fused.num_layers, dirs // plan.directions, steps)
         if slices is not None:
             assert {grid[1] for grids in launches.grids.values() for grid in grids} == {slices}
     else:

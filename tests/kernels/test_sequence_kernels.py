@@ -50,24 +50,25 @@ GRID = (2, 3)
 TEST_SPIN_LIMIT = 1 << 15
 
 
-def _layer(cell: int, proj: int, device) -> dict:
+def _layer(cell: int, proj: int, device, directions: int = 1) -> dict:
+    """A layer's inputs for the launchers, every direction stacked (xp and the outputs side by side)."""
     torch.manual_seed(cell + proj)
-    R = proj or H
+    R, D = proj or H, directions
     G = K.GATES[cell] * H
 
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, dtype=torch.float64, device=device) * scale
 
     return dict(
-        xp=randn(T, B, G), w_hh=randn(G, R, scale=0.3), b_hn=randn(H) if cell == K.GRU else None,
-        w_hr=randn(R, H, scale=0.3) if proj else None, h0=randn(B, R), c0=randn(B, H) if cell == K.LSTM else None,
-        lengths=torch.tensor([T, 1, 3, 2] * 4 + [2, T, 1], device=device),
+        xp=randn(T, B, D * G), w_hh=randn(D, G, R, scale=0.3), b_hn=randn(D, H) if cell == K.GRU else None,
+        w_hr=randn(D, R, H, scale=0.3) if proj else None, h0=randn(D, B, R),
+        c0=randn(D, B, H) if cell == K.LSTM else None, lengths=torch.tensor([T, 1, 3, 2] * 4 + [2, T, 1], device=device),
     )
 
 
 def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device, layer=None):
     """Every output of the forward and backward launchers under ``plan``, and the launch counter."""
-    a = layer or _layer(cell, proj, device)
+    a = layer or _layer(cell, proj, device, plan.directions)
     with count_launches() as launches, poison_outputs():  # what no kernel writes is NaN in both forms
         out = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"], a["lengths"], cell,
                                  reverse, True, plan)
@@ -79,18 +80,22 @@ def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device, lay
     return [*out, *grads], launches
 
 
-def _plans(resident: bool) -> tuple:
-    """(one launch per step and phase, one launch with barriers) on the GRID, streaming W_hh or resident."""
+def _plans(resident: bool, directions: int = 1) -> tuple:
+    """(one launch per step and phase, one launch with barriers) on the GRID (times the directions), streaming
+    W_hh or resident."""
     if resident:
-        forms = [resident_plan(B, H, torch.float64, 132, concurrent=c) for c in (False, True)]
+        forms = [resident_plan(B, H, torch.float64, 132, concurrent=c, directions=directions) for c in (False, True)]
     else:
-        forms = [make_plan(B, H, torch.float64, 3, 132, concurrent=c) for c in (False, True)]
+        forms = [make_plan(B, H, torch.float64, 3, 132, concurrent=c, directions=directions) for c in (False, True)]
     stepped, persistent = forms
-    assert persistent.barrier and not stepped.one_launch and stepped.grid(B) == persistent.grid(B) == GRID
+    grid = (directions * GRID[0], GRID[1])
+    assert persistent.barrier and not stepped.one_launch and stepped.grid(B) == persistent.grid(B) == grid
     return stepped, persistent
 
 
-BARRIER_CASES = [(K.LSTM, 0, False), (K.LSTM, P, True), (K.GRU, 0, True), (K.RNN_TANH, 0, False)]
+# (cell, projection, reverse, directions): direction 1 of a bidirectional launch runs in reverse.
+BARRIER_CASES = [(K.LSTM, 0, False, 1), (K.LSTM, P, True, 1), (K.GRU, 0, True, 1), (K.RNN_TANH, 0, False, 1),
+                 (K.LSTM, P, False, 2), (K.GRU, 0, False, 2)]
 
 
 def _assert_bitwise(got: list, want: list) -> None:
@@ -99,16 +104,20 @@ def _assert_bitwise(got: list, want: list) -> None:
 
 
 @pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
-@pytest.mark.parametrize(("cell", "proj", "reverse"), BARRIER_CASES, ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn"])
-def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, resident, device, monkeypatch):
-    """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase), streaming
-    W_hh or keeping it resident, gives the same bits as one launch per step and phase (same code, same sums in
-    the same order). In the interpreter the one launch runs one thread per program, the last slice of each tile
-    slowed down, so its barriers really wait (``interpreter_threads``): too many expected arrivals give up after
-    TEST_SPIN_LIMIT spins and raise, too few, a wrong parity or a missing barrier read state not yet written (a
-    different result)."""
+@pytest.mark.parametrize(("cell", "proj", "reverse", "directions"), BARRIER_CASES,
+                         ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn", "lstm-proj-bi", "gru-bi"])
+def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, directions, resident, device,
+                                                             monkeypatch):
+    """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase; both
+    directions of a bidirectional layer in one launch, each (direction, batch tile) with its own counter),
+    streaming W_hh or keeping it resident, gives the same bits as one launch per step and phase (same code, same
+    sums in the same order). In the interpreter the one launch runs one thread per program, the last slice of
+    each tile slowed down, so its barriers really wait (``interpreter_threads``): too many expected arrivals
+    give up after TEST_SPIN_LIMIT spins and raise, too few, a wrong parity or a missing barrier read state not
+    yet written (a different result)."""
     monkeypatch.setattr(K, "SPIN_LIMIT", TEST_SPIN_LIMIT)
-    stepped, persistent = _plans(resident)
+    stepped, persistent = _plans(resident, directions)
+    grid = (directions * GRID[0], GRID[1])
     want, stepped_launches = _forward_and_backward(cell, proj, reverse, stepped, device)
     # The last slice of each tile stores slowly, so it always arrives last (a barrier that opens early shows).
     with concurrent_programs(straggler_s=0.02) if device == "cpu" else contextlib.nullcontext() as threads:
@@ -116,9 +125,9 @@ def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse
     phases = 2 if proj else 1
     assert stepped_launches.by_kernel == {"sequence_fwd_kernel": T * phases, "sequence_bwd_kernel": T * (phases + 1)}
     assert launches.by_kernel == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
-    assert launches.grids == {"sequence_fwd_kernel": {GRID}, "sequence_bwd_kernel": {GRID}}
+    assert launches.grids == {"sequence_fwd_kernel": {grid}, "sequence_bwd_kernel": {grid}}
     if device == "cpu":  # every program of each launch ran in a thread of its own, all at once
-        assert threads == [GRID[0] * GRID[1]] * 2
+        assert threads == [grid[0] * grid[1]] * 2
     _assert_bitwise(got, want)
 
 
