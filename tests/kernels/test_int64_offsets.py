@@ -34,17 +34,21 @@ T, B, H, P = 3, 2, 3, 2  # P: LSTM projection size
 
 
 class Strided:
-    """Places tensors in a huge storage so that their last index along dim 0 starts past 2^31 elements."""
+    """Places tensors in a huge storage so that their last index along their first axis longer than 1 (past a
+    leading direction axis of one) starts past 2^31 elements."""
 
     def __init__(self, storage: torch.Tensor) -> None:
         self.storage, self.placed = storage, []
 
     def __call__(self, data: torch.Tensor) -> torch.Tensor:
-        rows = data.shape[0]
-        stride0 = -(-(LIMIT + 2**20) // (rows - 1))  # (rows - 1) * stride0 >= 2^31 + 2^20
+        axis = next(i for i, n in enumerate(data.shape) if n > 1)
+        rows = data.shape[axis]
+        stride = -(-(LIMIT + 2**20) // (rows - 1))  # (rows - 1) * stride >= 2^31 + 2^20
         start = (len(self.placed) + 1) * 4096
-        view = self.storage.as_strided(data.shape, (stride0, *data.contiguous().stride()[1:]), start)
-        assert (rows - 1) * stride0 + start >= LIMIT
+        strides = list(data.contiguous().stride())
+        strides[axis] = stride
+        view = self.storage.as_strided(data.shape, strides, start)
+        assert (rows - 1) * stride + start >= LIMIT
         view.copy_(data)
         self.placed.append((view, data))
         return view
@@ -63,35 +67,36 @@ def _randn(*shape: int, device: str, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, device=device) * scale).to(DTYPE)
 
 
-def _sequence_inputs(cell: int, proj: int, device: str) -> dict[str, torch.Tensor | None]:
-    R = proj or H
+def _sequence_inputs(cell: int, proj: int, directions: int, device: str) -> dict[str, torch.Tensor | None]:
+    """The launchers' inputs, stacked over ``directions`` (xp and dy side by side)."""
+    R, D = proj or H, directions
     G = SK.GATES[cell] * H
     torch.manual_seed(cell)
     return dict(
-        xp=_randn(T, B, G, device=device), w_hh=_randn(G, R, device=device, scale=0.5),
-        b_hn=_randn(H, device=device) if cell == SK.GRU else None,
-        w_hr=_randn(R, H, device=device, scale=0.5) if proj else None,
-        h0=_randn(B, R, device=device), c0=_randn(B, H, device=device) if cell == SK.LSTM else None,
-        dy=_randn(T, B, R, device=device), dh_n=_randn(B, R, device=device),
-        dc_n=_randn(B, H, device=device) if cell == SK.LSTM else None,
+        xp=_randn(T, B, D * G, device=device), w_hh=_randn(D, G, R, device=device, scale=0.5),
+        b_hn=_randn(D, H, device=device) if cell == SK.GRU else None,
+        w_hr=_randn(D, R, H, device=device, scale=0.5) if proj else None,
+        h0=_randn(D, B, R, device=device), c0=_randn(D, B, H, device=device) if cell == SK.LSTM else None,
+        dy=_randn(T, B, D * R, device=device), dh_n=_randn(D, B, R, device=device),
+        dc_n=_randn(D, B, H, device=device) if cell == SK.LSTM else None,
     )
 
 
-# (cell, projection size, reverse): every cell, the LSTM projection, both directions.
-SEQUENCE_CONFIGS = [(SK.LSTM, P, False), (SK.GRU, 0, True), (SK.RNN_TANH, 0, False)]
+# (cell, projection size, reverse, directions): every cell, the LSTM projection, each direction, both in one launch.
+SEQUENCE_CONFIGS = [(SK.LSTM, P, False, 1), (SK.GRU, 0, True, 1), (SK.RNN_TANH, 0, False, 2)]
 
 
 def _sequence_case(place: Strided, strided: set[str], *, backward: bool) -> None:
     """Forward (and backward) of every cell with the named arguments placed past 2^31."""
     device = str(place.storage.device)
     lengths = torch.tensor([T, 2], device=device)
-    for cell, proj, reverse in SEQUENCE_CONFIGS:
-        t = _sequence_inputs(cell, proj, device)
+    for cell, proj, reverse, directions in SEQUENCE_CONFIGS:
+        t = _sequence_inputs(cell, proj, directions, device)
         v = {k: place(x) if k in strided and x is not None else x for k, x in t.items()}
         place.check_no_overlap()
         args = ("xp", "w_hh", "b_hn", "w_hr", "h0", "c0")
         # One slice: the whole sequence in one launch on either kind of machine.
-        plan = make_plan(B, H, DTYPE, 1, 1, concurrent=not interpreting())
+        plan = make_plan(B, H, DTYPE, 1, 1, concurrent=not interpreting(), directions=directions)
         want = SK.sequence_forward(*(t[k] for k in args), lengths, cell, reverse, True, plan)
         _same(SK.sequence_forward(*(v[k] for k in args), lengths, cell, reverse, True, plan), want)
         if backward:
