@@ -8,7 +8,8 @@ same order; a missing or broken barrier (an arrival count, the ping-pong
 parity, memory ordering) makes the one-launch results differ. For each cell
 (LSTM, LSTM with a projection, GRU, RNN tanh and relu), batch B in {1, 16, 64,
 256} and hidden H in {256, 768, 2048} (bf16; LSTM also fp32 with TF32), T = 8
-with lengths spread over [1, T], every other cell in reverse (one compilation each): the forward's outputs
+with lengths spread over [1, T], every other case with both directions of a
+bidirectional layer in one launch (the second in reverse): the forward's outputs
 (y, h_n, c_n, saved gates and cell states, m) and the backward's (gate
 gradients, dh0, dc0, dh) of both forms, every unwritten element NaN in both,
 must be identical. The slices are the dispatcher's where it splits, else the
@@ -49,9 +50,10 @@ CELLS = {"lstm": (K.LSTM, False), "lstm_proj": (K.LSTM, True), "gru": (K.GRU, Fa
          "rnn_relu": (K.RNN_RELU, False)}
 
 
-def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, device) -> dict:
+def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, device, directions: int) -> dict:
+    """The launchers' inputs, stacked over ``directions`` (xp and dy side by side)."""
     torch.manual_seed(batch * 7 + hidden + cell)
-    R = hidden // 2 if proj else hidden
+    R, D = hidden // 2 if proj else hidden, directions
     G = K.GATES[cell] * hidden
 
     def randn(*shape, scale=1.0):
@@ -60,10 +62,10 @@ def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, 
     lengths = torch.randint(1, T + 1, (batch,), device=device)
     lengths[0] = T
     return dict(
-        xp=randn(T, batch, G), w_hh=randn(G, R, scale=R**-0.5), b_hn=randn(hidden) if cell == K.GRU else None,
-        w_hr=randn(R, hidden, scale=hidden**-0.5) if proj else None, h0=randn(batch, R),
-        c0=randn(batch, hidden) if cell == K.LSTM else None, lengths=lengths,
-        dy=randn(T, batch, R), dh_n=randn(batch, R), dc_n=randn(batch, hidden) if cell == K.LSTM else None,
+        xp=randn(T, batch, D * G), w_hh=randn(D, G, R, scale=R**-0.5),
+        b_hn=randn(D, hidden) if cell == K.GRU else None, w_hr=randn(D, R, hidden, scale=hidden**-0.5) if proj else None,
+        h0=randn(D, batch, R), c0=randn(D, batch, hidden) if cell == K.LSTM else None, lengths=lengths,
+        dy=randn(T, batch, D * R), dh_n=randn(D, batch, R), dc_n=randn(D, batch, hidden) if cell == K.LSTM else None,
     )
 
 
@@ -76,34 +78,39 @@ def _run(a: dict, cell: int, reverse: bool, plan) -> tuple[list[torch.Tensor], d
     return [y, h_n, c_n, ws, cs, ms, *grads], dict(launches.by_kernel)
 
 
-def _slices(mode: str, batch: int, hidden: int, proj: int, dtype: torch.dtype, sms: int) -> int:
+def _slices(mode: str, batch: int, hidden: int, proj: int, dtype: torch.dtype, sms: int, directions: int) -> int:
     """The dispatcher's slices where it splits, else the finest whose grid fits ``sms`` SMs."""
     chosen = sequence_plan(mode, batch, hidden, proj, dtype, sms).slices
     if chosen > 1:
         return chosen
-    one = make_plan(batch, hidden, dtype, 1, sms, True)
+    one = make_plan(batch, hidden, dtype, 1, sms, True, directions)
     tiles = one.grid(batch)[0]
     return max(n for n in slice_choices(hidden, proj, one.blocks.block_h) if n == 1 or tiles * n <= sms)
 
 
-def resident_plan(mode: str, batch: int, hidden: int, dtype: torch.dtype, sms: int, shared: int):
-    """The weight-stationary plan to test: the dispatcher's where it keeps W_hh on chip, else the 16-row one
-    where it fits the GPU's SMs and shared memory; None where none fits."""
-    chosen = sequence_plan(mode, batch, hidden, 0, dtype, sms, shared=shared)
-    plan = chosen if chosen.resident else dispatch.resident_plan(batch, hidden, dtype, sms, True)
+def resident_plan(mode: str, batch: int, hidden: int, dtype: torch.dtype, sms: int, shared: int, directions: int):
+    """The weight-stationary plan to test: the dispatcher's where it keeps W_hh on chip (in ``directions``
+    directions a launch), else the 16-row one where it fits the GPU's SMs and shared memory; None where none
+    fits."""
+    chosen = sequence_plan(mode, batch, hidden, 0, dtype, sms, shared=shared, directions=directions)
+    if not (chosen.resident and chosen.directions == directions):
+        chosen = dispatch.resident_plan(batch, hidden, dtype, sms, True, directions=directions)
+    plan = chosen
     fits = dispatch.resident_bytes(mode, hidden, dtype, plan.blocks.block_b) <= shared - dispatch.SHARED_MARGIN
     return plan if plan.barrier and fits else None
 
 
-def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool, device, sms: int,
+def check(name: str, dtype: torch.dtype, batch: int, hidden: int, directions: int, device, sms: int,
           one=None) -> bool:
-    """``name``'s forms bitwise equal; ``one`` the one-launch plan (default: the streaming one of ``_slices``)."""
+    """``name``'s forms bitwise equal in ``directions`` directions (2: both in one launch, the second in
+    reverse); ``one`` the one-launch plan (default: the streaming one of ``_slices``)."""
     cell, proj = CELLS[name]
-    a = _inputs(cell, proj, batch, hidden, dtype, device)
+    a = _inputs(cell, proj, batch, hidden, dtype, device, directions)
     mode = name.removesuffix("_proj").upper()
+    reverse = False
     if one is None:
-        slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms)
-        one = make_plan(batch, hidden, dtype, slices, sms, concurrent=True)
+        slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms, directions)
+        one = make_plan(batch, hidden, dtype, slices, sms, concurrent=True, directions=directions)
     stepped = dataclasses.replace(one, one_launch=False)
     start = time.perf_counter()
     want, _ = _run(a, cell, reverse, stepped)
@@ -119,7 +126,7 @@ def check(name: str, dtype: torch.dtype, batch: int, hidden: int, reverse: bool,
     differing = [i for i, s in enumerate(same) if not s]
     form = "resident" if one.resident else "streamed"
     print(f"{verdict:<14} {name:<9} {form:<8} {str(dtype).removeprefix('torch.'):<8} B={batch:<4} H={hidden:<5} "
-          f"{'reverse' if reverse else 'forward'} grid {tiles}x{n} launches {launches}"
+          f"{'both directions' if directions == 2 else 'forward'} grid {tiles}x{n} launches {launches}"
           + (f" differing results {differing}" if differing else "") + f" {time.perf_counter() - start:.2f} s",
           flush=True)
     return verdict == "ok"
@@ -152,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             for hidden in hiddens:
                 total += 1
-                ok += check(name, dtype, batch, hidden, reverse=i % 2 == 1, device=device, sms=sms)
+                ok += check(name, dtype, batch, hidden, 1 + i % 2, device=device, sms=sms)
                 mode = name.upper()
-                resident = None if CELLS[name][1] else resident_plan(mode, batch, hidden, dtype, sms, shared)
+                directions = 2 - i % 2
+                resident = None if CELLS[name][1] else resident_plan(mode, batch, hidden, dtype, sms, shared, directions)
                 if resident is not None:  # the weight-stationary form (LSTM with a projection streams)
                     total += 1
-                    ok += check(name, dtype, batch, hidden, reverse=i % 2 == 0, device=device, sms=sms, one=resident)
+                    ok += check(name, dtype, batch, hidden, directions, device=device, sms=sms, one=resident)
     print(f"bitwise: {ok} of {total} cases identical in one launch and step by step", flush=True)
     return 0 if ok == total else 1
 

@@ -106,12 +106,13 @@ class Case:
     dtype: str  # torch dtype name
     hidden: int
     batch: int
-    reverse: bool
+    reverse: bool  # one direction in reverse; else a bidirectional layer (both directions, the second in reverse)
     bias: bool
     tf32: bool  # torch.backends.cudnn.allow_tf32, which the sequence kernels follow
 
     def __str__(self) -> str:
-        flags = [self.cell, self.dtype, f"H={self.hidden}", f"B={self.batch}", "reverse" if self.reverse else "forward"]
+        direction = "reverse" if self.reverse else "bidirectional"
+        flags = [self.cell, self.dtype, f"H={self.hidden}", f"B={self.batch}", direction]
         flags += [] if self.bias else ["no bias"]
         flags += [] if self.tf32 else ["no tf32"]
         return " ".join(flags)
@@ -263,26 +264,29 @@ SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
 
 def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
     """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs and ``shared`` bytes of
-    shared memory per program: forward without saving
-    (inference), forward saving the gates, then backward on its outputs; under the dispatcher's plan and, when
-    that has several slices, also one launch per step and phase (the form for a grid the GPU cannot hold)."""
+    shared memory per program: forward without saving (inference), forward saving the gates, then backward on
+    its outputs; under the dispatcher's plan and, when that has several slices, also one launch per step and
+    phase (the form for a grid the GPU cannot hold). A reverse case is one direction in reverse; a forward case
+    is a bidirectional layer (both directions in one launch where the plan says so: its grid is the one whose
+    fit is checked)."""
     S, cell = sequence_kernels, _cell_id(case)
     T, B, H = SEQUENCE_STEPS, case.batch, case.hidden
     R = H // 2 if case.cell == "LSTM_PROJ" else H
+    D = 1 if case.reverse else 2
     dtype = getattr(torch, case.dtype)
     mode = case.cell.removesuffix("_PROJ")
-    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True, shared=shared)
+    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True, shared=shared, directions=D)
     plans = [plan] + ([dataclasses.replace(plan, one_launch=False)] if plan.barrier else [])
 
     def meta(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device="meta")
 
     G = S.GATES[cell] * H
-    w_hh, w_hr = meta(G, R), (meta(R, H) if R != H else None)
-    b_hn = meta(H) if cell == S.GRU and case.bias else None
-    h0, c0 = meta(B, R), (meta(B, H) if cell == S.LSTM else None)
+    w_hh, w_hr = meta(D, G, R), (meta(D, R, H) if R != H else None)
+    b_hn = meta(D, H) if cell == S.GRU and case.bias else None
+    h0, c0 = meta(D, B, R), (meta(D, B, H) if cell == S.LSTM else None)
     lengths = meta(B, dtype=torch.int64)
-    xp = meta(T, B, G)
+    xp = meta(T, B, D * G)
     for p in plans:
         S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, False, p)  # inference
         y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, True, p)

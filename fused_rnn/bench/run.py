@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..dispatch import device_sms, sequence_plan, sequence_step_seconds, stepwise_step_seconds
+from ..dispatch import device_shared, device_sms, sequence_plan, sequence_step_seconds, stepwise_step_seconds
 from ..kernels.launch import count_launches
 from .candidates import Candidate, Unavailable, is_cudnn
 from .cases import Case, point
@@ -87,13 +87,15 @@ def predicted_us_per_step(case: Case, label: str, device: torch.device) -> float
     (an estimate, ``fused_rnn.dispatch``); None for other candidates and for forward+backward (not modelled)."""
     if case.mode != "forward" or label not in ("fused_rnn:sequence", "fused_rnn:stepwise"):
         return None
-    mode, dtype, sms = case.cell.upper(), case.torch_dtype, device_sms(device)
-    if label == "fused_rnn:sequence":
-        plan = sequence_plan(mode, case.batch, case.hidden_size, 0, dtype, sms)
-        step = sequence_step_seconds(mode, case.batch, case.hidden_size, 0, dtype, plan, sms)
+    mode, dtype, sms, shared = case.cell.upper(), case.torch_dtype, device_sms(device), device_shared(device)
+    directions = 2 if case.bidirectional else 1
+    if label == "fused_rnn:sequence":  # both directions in one launch, or one a launch, as the plan says
+        plan = sequence_plan(mode, case.batch, case.hidden_size, 0, dtype, sms, shared=shared, directions=directions)
+        launches = directions // plan.directions
+        step = launches * sequence_step_seconds(mode, case.batch, case.hidden_size, 0, dtype, plan, sms)
     else:
-        step = stepwise_step_seconds(mode, case.hidden_size, 0, dtype)
-    return step * case.num_layers * (2 if case.bidirectional else 1) * 1e6
+        step = directions * stepwise_step_seconds(mode, case.hidden_size, 0, dtype)
+    return step * case.num_layers * 1e6
 
 
 def _row(case: Case, label: str, device: torch.device) -> Row:
