@@ -620,7 +620,19 @@ def w_hh_placements(report: Report) -> list[str]:
             if found:
                 counts = ", ".join(f"{found.count(p)} {p}" for p in sorted(set(found)))
                 lines.append(f"- W_hh in the time loop of {kernel} on {target} (TTGIR): {counts}")
+        tiles = [_h_tile_bytes(r.config) for r in report.results if r.config.target == target
+                 and r.config.kernel == "sequence_fwd_kernel" and r.w_hh.startswith("resident")]
+        if tiles:
+            lines.append(f"- Weight-stationary forward on {target}: {min(tiles)} to {max(tiles)} B read per program "
+                         f"and step (its h tile: BLOCK_B x KP in the storage dtype; W_hh not at all)")
     return lines
+
+
+def _h_tile_bytes(config: Config) -> int:
+    """Bytes of h a weight-stationary forward program reads each step: BLOCK_B rows x KP of hbuf's dtype."""
+    constexprs, signature = dict(config.constexprs), dict(config.signature)
+    bits = int(re.search(r"\d+", signature["hbuf"]).group(0))
+    return constexprs["BLOCK_B"] * constexprs["KP"] * bits // 8
 
 
 def one_launch_grids(report: Report) -> list[str]:

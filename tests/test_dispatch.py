@@ -101,6 +101,8 @@ def test_weight_stationary_follows_shared_memory_and_the_products(monkeypatch):
     assert not sequence_plan("LSTM", 64, 1024, 0, torch.bfloat16, sms=132, shared=SM90_SHARED).resident
     assert not sequence_plan("LSTM", 256, 512, 0, torch.float16, sms=132, shared=SM90_SHARED).resident
     assert sequence_plan("LSTM", 16, 768, 0, torch.bfloat16, sms=108, shared=SM80_SHARED).resident  # 160 KB
+    # With a projection W_hh streams (the resident backward spilled with W_hr beside it).
+    assert not sequence_plan("LSTM", 16, 512, 128, torch.bfloat16).resident
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert not sequence_plan("LSTM", 64, 256, 0, torch.float32).resident
     assert not sequence_plan("GRU", 64, 128, 0, torch.float64).resident
@@ -206,3 +208,22 @@ def test_the_backward_step_model():
     streamed = make_plan(16, 768, torch.bfloat16, 24, 132, True)
     want = (16 * 4 * 768 + 4 * 768 * 32) * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM + dispatch.BARRIER_S
     assert dispatch.backward_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, streamed) == pytest.approx(want)
+
+
+def test_a_bidirectional_layer_is_one_launch_where_the_gpu_holds_both():
+    """Both directions in one launch (one forward and one backward launch per layer) where the GPU holds both
+    directions' grids at once: FlashRNN's setup made bidirectional, 2 x 48 weight-stationary programs, and the
+    small layers. Where it does not (B = 64, H = 512: 2 x 128 resident programs on 132 SMs) the model weighs one
+    streaming launch against one resident launch per direction and takes the cheaper: two launches."""
+    flashrnn = sequence_plan("LSTM", 16, 768, 0, torch.bfloat16, directions=2)
+    assert flashrnn.directions == 2 and flashrnn.one_launch and flashrnn.resident and flashrnn.grid(16) == (2, 48)
+    small = sequence_plan("GRU", 19, 40, 0, torch.float32, directions=2)
+    assert small.directions == 2 and small.one_launch
+    # A tie, 4 waves of batch tiles either way at B = 4096: one launch.
+    assert sequence_plan("GRU", 4096, 16, 0, torch.float32, directions=2).directions == 2
+    classic = sequence_plan("LSTM", 64, 512, 0, torch.bfloat16, directions=2)
+    one = dispatch.predicted_steps("LSTM", 64, 512, 0, torch.bfloat16, directions=2)
+    assert classic.directions == 1 and classic.resident and classic.grid(64) == (4, 32)
+    assert one["weight-stationary"][1] is classic and one["weight-stationary"][0] < one["hidden-split"][0]
+    assert one["weight-stationary"][0] == pytest.approx(
+        2 * sequence_step_seconds("LSTM", 64, 512, 0, torch.bfloat16, classic))
