@@ -63,7 +63,8 @@ def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, 
     lengths[0] = T
     return dict(
         xp=randn(T, batch, D * G), w_hh=randn(D, G, R, scale=R**-0.5),
-        b_hn=randn(D, hidden) if cell == K.GRU else None, w_hr=randn(D, R, hidden, scale=hidden**-0.5) if proj else None,
+        b_hn=randn(D, hidden) if cell == K.GRU else None,
+        w_hr=randn(D, R, hidden, scale=hidden**-0.5) if proj else None,
         h0=randn(D, batch, R), c0=randn(D, batch, hidden) if cell == K.LSTM else None, lengths=lengths,
         dy=randn(T, batch, D * R), dh_n=randn(D, batch, R), dc_n=randn(D, batch, hidden) if cell == K.LSTM else None,
     )
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 ok += check(name, dtype, batch, hidden, 1 + i % 2, device=device, sms=sms)
                 mode = name.upper()
                 directions = 2 - i % 2
-                resident = None if CELLS[name][1] else resident_plan(mode, batch, hidden, dtype, sms, shared, directions)
+                projected = CELLS[name][1]
+                resident = None if projected else resident_plan(mode, batch, hidden, dtype, sms, shared, directions)
                 if resident is not None:  # the weight-stationary form (LSTM with a projection streams)
                     total += 1
                     ok += check(name, dtype, batch, hidden, directions, device=device, sms=sms, one=resident)

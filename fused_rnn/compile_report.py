@@ -55,7 +55,7 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-from .dispatch import choose_path, force_path, make_plan, sequence_plan
+from .dispatch import choose_path, force_path, sequence_plan
 from .kernels import cell_kernels, sequence_kernels
 from .ir_reads import w_placement
 from .kernels.launch import interpreting

@@ -204,8 +204,8 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
                           for rows in resident_rows(batch))
             plans += [p for p in candidates if p.one_launch
                       and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
-    return tuple((directions // p.directions * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms),
-                  p) for p in plans)
+    return tuple((directions // p.directions
+                  * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p) for p in plans)
 
 
 def on_tensor_cores(dtype: torch.dtype, tf32: bool) -> bool:
@@ -287,7 +287,8 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
         return _forced
     if rocm and _stepwise_on_rocm(mode, dtype):
         return "stepwise"
-    sequence, _ = _cheapest(_costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared))
+    costed = _costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared)
+    sequence, _ = _cheapest(costed)
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
 
 
@@ -321,7 +322,8 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
     plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared, directions)
     tiles, slices = triton.cdiv(batch, plan.blocks.block_b), plan.slices
     shown = []
-    for name, (seconds, p) in predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared, directions).items():
+    predicted = predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared, directions)
+    for name, (seconds, p) in predicted.items():
         how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
         shown.append(f"{name}{how} {seconds * 1e6:.2f} us")
     return path, (

@@ -40,7 +40,8 @@ LSTM, GRU = K.LSTM, K.GRU
 MODES = {cell: mode for mode, cell in K.CELLS.items()}  # torch.nn's mode name of each cell id
 
 
-def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: torch.dtype, device: torch.device) -> SequencePlan:
+def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: torch.dtype,
+             device: torch.device) -> SequencePlan:
     """The dispatcher's plan for the sequence kernels of one layer (w_hh (D, G, R): D directions) on ``device``:
     the interpreter runs it one step and phase per launch (its programs run one after another)."""
     directions, _, state = w_hh.shape
@@ -50,7 +51,8 @@ def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: to
     return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared, directions)
 
 
-def project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, cell: int) -> tuple[Tensor, Tensor | None]:
+def project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+            cell: int) -> tuple[Tensor, Tensor | None]:
     """Input projection of the whole sequence for D directions in one GEMM, (T, B, I) -> (T, B, D*G), the
     directions side by side, with the biases folded in. w_ih (D, G, I), b_ih and b_hh (D, G) or both None.
 
@@ -132,7 +134,8 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse):
     acc = _acc(y)
     return (
         y.new_empty(D, T, B, gs), y.new_empty(D, B, R, dtype=acc),
-        y.new_empty((D, B, H) if cell == LSTM else (0,), dtype=acc), y.new_empty((D, T, B, R) if w_hr is not None else (0,)),
+        y.new_empty((D, B, H) if cell == LSTM else (0,), dtype=acc),
+        y.new_empty((D, T, B, R) if w_hr is not None else (0,)),
     )
 
 

@@ -1,25 +1,35 @@
-"""Sequence kernels: a layer and direction over a range of time steps, the time loop on the GPU.
+"""Sequence kernels: a layer over a range of time steps, in one or both directions, the time loop on the GPU.
 
-Grid (batch tile, hidden slice). Program (b, p) owns the BLOCK_B rows of batch
-tile b and the hidden units [p * SLICE_H, (p + 1) * SLICE_H) of every gate (for
-an LSTM the rows p * SLICE_H... of each of W_hh's four gate blocks). Per step it
-reads the full h_{t-1} of its rows from a global ping-pong buffer, computes its
-slice of the recurrent product h_{t-1} W_hh^T with ``tl.dot`` (fp32
-accumulation, fp64 for fp64), streaming its rows of W_hh by (BLOCK_K x BLOCK_H)
-blocks from L2, adds the precomputed input projection, applies the cell math of
-``cell_math`` and writes its slice of h_t, y and what backward reads. With one
-slice a program owns every hidden unit of its rows: the batch-tiled kernel.
+Grid (direction x batch tile, hidden slice). Program (d, b, p) runs direction d
+(direction 1 of a bidirectional launch in reverse) and owns the BLOCK_B rows of
+batch tile b and the hidden units [p * SLICE_H, (p + 1) * SLICE_H) of every
+gate (for an LSTM the rows p * SLICE_H... of each of W_hh's four gate blocks).
+Per step it reads the full h_{t-1} of its rows from a global ping-pong buffer
+(in the storage dtype), computes its slice of the recurrent product h_{t-1}
+W_hh^T with ``tl.dot`` (fp32 accumulation, fp64 for fp64), adds the
+precomputed input projection, applies the cell math of ``cell_math`` and
+writes its slice of h_t, y and what backward reads. W_hh is either streamed
+from L2 by (BLOCK_K x BLOCK_H) blocks every step (KP = 0), or, weight-stationary
+(KP > 0), the program's slice of one BLOCK_H block of units is loaded once
+before the time loop and kept on chip, the reduction width padded to KP. With
+one slice a program owns every hidden unit of its rows: the batch-tiled kernel.
 
-The programs of one batch tile depend on each other's slices, so between
-phases they meet at a barrier (``_slices_barrier``): a monotonic int32 arrival
-counter per batch tile, a release atomic add to arrive, an acquire spin to
-wait. A kernel advances the recurrence over the steps [S_BEGIN, S_END) and runs
-the phases selected by PHASES. Launched once over the whole sequence with
-BARRIER set, it is the persistent kernel; launched one step and one phase at a
-time with BARRIER off (Triton's interpreter, which runs programs one after
-another, or a grid the GPU cannot hold at once) the kernel boundaries are the
-barrier. The per-step code is the same in both, so the sums are the same in
-the same order: on a GPU the two agree bitwise.
+The programs of one (direction, batch tile) depend on each other's slices, so
+between phases they meet at a barrier (``_slices_barrier``): a monotonic int32
+arrival counter per (direction, batch tile), a release atomic add to arrive,
+an acquire spin to wait. A kernel advances the recurrence over the steps
+[S_BEGIN, S_END) and runs the phases selected by PHASES. Launched once over
+the whole sequence with BARRIER set (a cooperative launch: the driver runs
+every program at once or refuses), it is the persistent kernel; launched one
+step and one phase at a time with BARRIER off (Triton's interpreter, which
+runs programs one after another, or a grid the GPU cannot hold at once) the
+kernel boundaries are the barrier. The per-step code is the same in both, so
+the sums are the same in the same order: on a GPU the two agree bitwise.
+
+Direction d's tensors take no extra argument: the buffers the launchers
+allocate and the stacked weights are contiguous with a leading direction axis,
+so direction d's block is d times a block further; xp, y and dy hold the
+directions side by side in their last axis.
 
 Variable lengths come from a per-row ``lengths`` vector: at step s row b is
 active while s < lengths[b]; the forward direction reads time s, the reverse

@@ -146,12 +146,12 @@ def bytes_loaded_from(tensor) -> Iterator[list[int]]:
     total, lock = [0], threading.Lock()
     load = builder.create_masked_load  # bound to the builder whatever class it has inside the block
 
-    def counted(ptrs, mask, other, cache_policy, is_volatile):
+    def counted(ptrs, mask, *rest):  # the rest (other, cache and volatile options) differs between Triton releases
         hits = int(((ptrs.data >= lo) & (ptrs.data < hi) & mask.data).sum())
         size = ptrs.get_element_ty().primitive_bitwidth // 8
         with lock:
             total[0] += hits * size
-        return load(ptrs, mask, other, cache_policy, is_volatile)
+        return load(ptrs, mask, *rest)
 
     builder.create_masked_load = counted
     try:

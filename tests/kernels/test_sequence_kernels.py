@@ -62,7 +62,8 @@ def _layer(cell: int, proj: int, device, directions: int = 1) -> dict:
     return dict(
         xp=randn(T, B, D * G), w_hh=randn(D, G, R, scale=0.3), b_hn=randn(D, H) if cell == K.GRU else None,
         w_hr=randn(D, R, H, scale=0.3) if proj else None, h0=randn(D, B, R),
-        c0=randn(D, B, H) if cell == K.LSTM else None, lengths=torch.tensor([T, 1, 3, 2] * 4 + [2, T, 1], device=device),
+        c0=randn(D, B, H) if cell == K.LSTM else None,
+        lengths=torch.tensor([T, 1, 3, 2] * 4 + [2, T, 1], device=device),
     )
 
 
@@ -198,3 +199,13 @@ def test_the_resident_form_reads_w_hh_once_per_launch(device, monkeypatch):
         assert _w_hh_bytes_read(resident, steps, device) == (once, once), steps
     stepped_streaming, _ = _plans(False)
     assert _w_hh_bytes_read(stepped_streaming, T, device) == (T * once, T * once)
+
+
+def test_the_cooperative_launch_option_exists_in_this_triton():
+    """The one-launch grid asks the driver for a cooperative launch through an option of Triton's NVIDIA and AMD
+    backends (present in triton 3.6, the GPU machine's, and 3.9, CI's; ``make compat`` runs this with 3.6)."""
+    from triton.backends.amd.compiler import HIPOptions
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    for options in (CUDAOptions, HIPOptions):
+        assert options.__dataclass_fields__["launch_cooperative_grid"].default is False, options
