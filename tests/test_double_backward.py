@@ -58,20 +58,21 @@ def gradgradcheck(fn: Callable, tensors: list[torch.Tensor], flat_from: int | No
 # ------------------------------------------------------------------------------------------------------------
 
 
-def op_inputs(cell: int, device: str, proj: int = 0) -> tuple:
-    """(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0) in float64, requiring grad; w_hr with ``proj``, c0 LSTM."""
+def op_inputs(cell: int, device: str, proj: int = 0, directions: int = 1) -> tuple:
+    """(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0) in float64, requiring grad, the layer's ``directions`` stacked;
+    w_hr with ``proj``, c0 LSTM."""
     torch.manual_seed(3)
 
     def t(*shape):
         return torch.randn(*shape, dtype=F64, device=device, requires_grad=True)
 
-    r, g = proj or H, GATES[cell] * H
-    x, w_ih, b_ih, b_hh, w_hh = t(T, B, I), t(g, I), t(g), t(g), t(g, r)
+    r, g, d = proj or H, GATES[cell] * H, directions
+    x, w_ih, b_ih, b_hh, w_hh = t(T, B, I), t(d, g, I), t(d, g), t(d, g), t(d, g, r)
     if cell == CELLS["RNN_RELU"]:  # pre-activations away from relu's kink, where finite differences fail
         w_ih, w_hh = (0.2 * w_ih.detach()).requires_grad_(), (0.2 * w_hh.detach()).requires_grad_()
         b_ih = (b_ih.detach().abs() + 2.0).requires_grad_()
         b_hh = (b_hh.detach().abs()).requires_grad_()
-    return (x, w_ih, b_ih, b_hh, w_hh, t(r, H) if proj else None, t(B, r), t(B, H) if cell == LSTM else None)
+    return (x, w_ih, b_ih, b_hh, w_hh, t(d, r, H) if proj else None, t(d, B, r), t(d, B, H) if cell == LSTM else None)
 
 
 def op_function(cell: int, reverse: bool, lengths: torch.Tensor) -> Callable:
@@ -84,18 +85,25 @@ def op_function(cell: int, reverse: bool, lengths: torch.Tensor) -> Callable:
     return fn
 
 
-OP_CASES = [(cell, reverse, 0) for cell in CELLS for reverse in (False, True)] + [
-    ("LSTM", reverse, 2) for reverse in (False, True)
-]
+# (cell, reverse, projection, directions): every cell each way, the projection, and both directions in one op.
+OP_CASES = [(cell, reverse, 0, 1) for cell in CELLS for reverse in (False, True)] + [
+    ("LSTM", reverse, 2, 1) for reverse in (False, True)
+] + [("LSTM", False, 2, 2), ("GRU", False, 0, 2)]
 
 
-@pytest.mark.parametrize("cell,reverse,proj", OP_CASES,
-                         ids=[f"{c}-{'reverse' if r else 'forward'}{'-proj' if p else ''}" for c, r, p in OP_CASES])
-def test_op_gradgradcheck(cell: str, reverse: bool, proj: int, device):
-    """Every cell, both directions, rows of lengths 3, 2, 1; LSTM with a projection (R = 2 < H = 3). The op's
-    inputs include x, W_ih and both biases: the input projection is inside the op."""
+def _op_case_id(case: tuple) -> str:
+    cell, reverse, proj, directions = case
+    way = "bidirectional" if directions == 2 else "reverse" if reverse else "forward"
+    return f"{cell}-{way}{'-proj' if proj else ''}"
+
+
+@pytest.mark.parametrize("cell,reverse,proj,directions", OP_CASES, ids=[_op_case_id(c) for c in OP_CASES])
+def test_op_gradgradcheck(cell: str, reverse: bool, proj: int, directions: int, device):
+    """Every cell, both directions, rows of lengths 3, 2, 1; LSTM with a projection (R = 2 < H = 3); both
+    directions in one op. The op's inputs include x, W_ih and both biases: the input projection is inside the
+    op."""
     cid = CELLS[cell]
-    inputs = op_inputs(cid, device, proj)
+    inputs = op_inputs(cid, device, proj, directions)
     lengths = torch.tensor(LENGTHS, device=device)
     fn = op_function(cid, reverse, lengths)
     present = [i for i, t in enumerate(inputs) if t is not None]
@@ -247,7 +255,7 @@ def test_layer_second_order_gradients_equal_torch_nn(name: str, device):
     expected = second_order(case, ref, inputs)
     with fused_rnn.force_path("sequence"), fused_path_only() as launches:
         got = second_order(case, fused, inputs)
-    launched = fused.num_layers * (2 if fused.bidirectional else 1)
+    launched = fused.num_layers  # one launch per layer: both directions of a bidirectional one together
     # the forward, and the second backward through the outputs (the first backward is recomputed in torch)
     assert launches.by_kernel == {"sequence_fwd_kernel": launched, "sequence_bwd_kernel": launched}
     leaves = ["x", "h0"] + (["c0"] if case.lstm else []) + [n for n, _ in fused.named_parameters()]
@@ -264,7 +272,7 @@ def test_first_backward_without_create_graph_runs_the_backward_kernel(name: str,
     case = LAYER_CASES[name]
     fused, _ = layer_pair(case, device)
     leaves = [*layer_inputs(case, fused, device), *fused.parameters()]
-    launched = fused.num_layers * (2 if fused.bidirectional else 1)
+    launched = fused.num_layers  # both directions of a bidirectional layer in one launch
     for create_graph in (False, True):
         with fused_rnn.force_path("sequence"), fused_path_only() as launches:
             outs = layer_function(case, fused)(*leaves)
