@@ -235,12 +235,17 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
             else:
                 d_bh = d_bias.to(b_hh.dtype)
     d_w = d_wr = None
-    if need["w_hh"]:  # one batched GEMM over the directions
-        h_prev = torch.stack([previous_states(y[..., d * R : (d + 1) * R], h0[d], lengths, ctx.reverse or d == 1)
-                              for d in range(D)]).view(D, T * B, R)
-        d_w = d_hidden.reshape(D, T * B, d_hidden.shape[-1]).transpose(1, 2).bmm(h_prev.to(d_hidden.dtype))
+    # One GEMM per direction (not a bmm: under torch.compile with packed input B is data-dependent, and
+    # Inductor's bmm lowering guards on it).
+    if need["w_hh"]:
+        d_w = torch.stack([
+            d_hidden[d].reshape(T * B, -1).t().mm(
+                previous_states(y[..., d * R : (d + 1) * R], h0[d], lengths, ctx.reverse or d == 1)
+                .reshape(T * B, R).to(d_hidden.dtype))
+            for d in range(D)
+        ])
     if w_hr is not None and need["w_hr"]:
-        d_wr = dhs.reshape(D, T * B, R).transpose(1, 2).bmm(ms.reshape(D, T * B, H))
+        d_wr = torch.stack([dhs[d].reshape(T * B, R).t().mm(ms[d].reshape(T * B, H)) for d in range(D)])
     d_c0 = dc0.to(c0.dtype) if cell == LSTM and c0 is not None else None
     return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None
 
