@@ -159,18 +159,18 @@ def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path=
         same = forward_backward(torch_module, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
     with fused_rnn.force_path(path, slices, resident, rows), fused_path_only() as launches:
         got = forward_backward(fused, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
-    if resident:
-        hidden = kwargs["hidden"]
-        slices = triton.cdiv(hidden, dispatch.RESIDENT_BLOCK_H)
-        grid = (triton.cdiv(inputs.batch, rows or dispatch.RESIDENT_ROWS[0]), slices)
-        assert {g for grids in launches.grids.values() for g in grids} == {grid}
     if path == "sequence":
-        steps = stepped_launches(slices or 1, inputs.length, bool(kwargs.get("proj_size")), device)
         dirs = 2 if fused.bidirectional else 1
         w_hh = torch.empty(dirs, 1, kwargs.get("proj_size") or fused.hidden_size, device="meta")
         w_hr = torch.empty(dirs, 1, fused.hidden_size, device="meta") if kwargs.get("proj_size") else None
         with fused_rnn.force_path(path, slices, resident, rows):  # the plan the layer ran under
             plan = sequence_ops.plan_for(K.CELLS[fused.mode], inputs.batch, w_hh, w_hr, dtype, torch.device(device))
+        if resident:  # forced: both directions in one launch, 16-unit slices, tiles of ``rows``
+            tiles = triton.cdiv(inputs.batch, rows or dispatch.RESIDENT_ROWS[0])
+            grid = (dirs * tiles, triton.cdiv(kwargs["hidden"], dispatch.RESIDENT_BLOCK_H))
+            assert plan.resident and {g for grids in launches.grids.values() for g in grids} == {grid}
+        steps = stepped_launches(plan.slices if resident else slices or 1, inputs.length,
+                                 bool(kwargs.get("proj_size")), device)
         assert launches.by_kernel == sequence_kernels(fused.num_layers, dirs // plan.directions, steps)
         if slices is not None:
             assert {grid[1] for grids in launches.grids.values() for grid in grids} == {slices}
@@ -472,7 +472,7 @@ def test_tied_and_noncontiguous_weights(device):
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
     with fused_path_only() as launches:
         y, h = fused(x)
-    assert launches.by_kernel == {"sequence_fwd_kernel": 2}
+    assert launches.by_kernel == {"sequence_fwd_kernel": 1}  # both directions in one launch
     y_ref, h_ref = ref(x)
     assert_all_close(["output", "h_n"], [y, h], [y_ref, h_ref], torch.float64)
 
