@@ -239,7 +239,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, _dcs, _dms):
     # Inductor's bmm lowering guards on it).
     if need["w_hh"]:
         d_w = torch.stack([
-            d_hidden[d].reshape(T * B, -1).t().mm(
+            d_hidden[d].reshape(T * B, d_hidden.shape[-1]).t().mm(
                 previous_states(y[..., d * R : (d + 1) * R], h0[d], lengths, ctx.reverse or d == 1)
                 .reshape(T * B, R).to(d_hidden.dtype))
             for d in range(D)
