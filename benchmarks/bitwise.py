@@ -93,10 +93,9 @@ def resident_plan(mode: str, batch: int, hidden: int, dtype: torch.dtype, sms: i
     """The weight-stationary plan to test: the dispatcher's where it keeps W_hh on chip (in ``directions``
     directions a launch), else the 16-row one where it fits the GPU's SMs and shared memory; None where none
     fits."""
-    chosen = sequence_plan(mode, batch, hidden, 0, dtype, sms, shared=shared, directions=directions)
-    if not (chosen.resident and chosen.directions == directions):
-        chosen = dispatch.resident_plan(batch, hidden, dtype, sms, True, directions=directions)
-    plan = chosen
+    plan = sequence_plan(mode, batch, hidden, 0, dtype, sms, shared=shared, directions=directions)
+    if not (plan.resident and plan.directions == directions):
+        plan = dispatch.resident_plan(batch, hidden, dtype, sms, True, directions=directions)
     fits = dispatch.resident_bytes(mode, hidden, dtype, plan.blocks.block_b) <= shared - dispatch.SHARED_MARGIN
     return plan if plan.barrier and fits else None
 

@@ -155,7 +155,7 @@ def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     unless W_hh is resident in a one-launch plan, its columns of W_hh; one barrier per step (two with a
     projection). The saved gates of its own units, a few KB, are left out. An estimate, as the forward's."""
     state = proj_size if proj_size > 0 else hidden_size
-    gates = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    gates = GATES[mode]
     cols_r = min(plan.columns(state), state)
     stationary = plan.resident and plan.one_launch
     weights = 0 if stationary else gates * hidden_size * cols_r
@@ -204,8 +204,15 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
                           for rows in resident_rows(batch))
             plans += [p for p in candidates if p.one_launch
                       and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
-    return tuple((directions // p.directions
-                  * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms), p) for p in plans)
+    return tuple((layer_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms, directions), p)
+                 for p in plans)
+
+
+def layer_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                       plan: SequencePlan, sms: int, directions: int) -> float:
+    """Modelled seconds of one step of a layer's ``directions`` directions under ``plan``: one launch per
+    ``plan.directions`` directions, one after another."""
+    return directions // plan.directions * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan, sms)
 
 
 def on_tensor_cores(dtype: torch.dtype, tf32: bool) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..dispatch import device_shared, device_sms, sequence_plan, sequence_step_seconds, stepwise_step_seconds
+from ..dispatch import device_shared, device_sms, layer_step_seconds, sequence_plan, stepwise_step_seconds
 from ..kernels.launch import count_launches
 from .candidates import Candidate, Unavailable, is_cudnn
 from .cases import Case, point
@@ -91,8 +91,7 @@ def predicted_us_per_step(case: Case, label: str, device: torch.device) -> float
     directions = 2 if case.bidirectional else 1
     if label == "fused_rnn:sequence":  # both directions in one launch, or one a launch, as the plan says
         plan = sequence_plan(mode, case.batch, case.hidden_size, 0, dtype, sms, shared=shared, directions=directions)
-        launches = directions // plan.directions
-        step = launches * sequence_step_seconds(mode, case.batch, case.hidden_size, 0, dtype, plan, sms)
+        step = layer_step_seconds(mode, case.batch, case.hidden_size, 0, dtype, plan, sms, directions)
     else:
         step = directions * stepwise_step_seconds(mode, case.hidden_size, 0, dtype)
     return step * case.num_layers * 1e6
