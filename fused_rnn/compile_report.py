@@ -321,16 +321,6 @@ def _show(value: object) -> str:
     return str(value) if isinstance(value, triton.language.dtype) else repr(value)
 
 
-def _sequence_path_on(case: Case, target: str) -> bool:
-    """Whether the dispatcher can send ``case`` to the sequence kernels on ``target``: never LSTM, or GRU and
-    tanh RNN in fp64, on AMD GPUs (only an explicit ``fused_rnn.force_path("sequence")`` overrides that); everything else,
-    whatever the cost model picks, since ``force_path`` can launch it."""
-    mode = "LSTM" if case.cell == "LSTM_PROJ" else case.cell
-    rocm = TARGETS[target].backend == "hip"
-    with force_path(None):
-        return choose_path(mode, 0, 0, getattr(torch, case.dtype), rocm) == "sequence"
-
-
 def capture(case: Case, targets: Sequence[str]) -> list[tuple[Config, int]]:
     """Every kernel configuration the launchers pick for ``case``, specialised for each target, with the
     programs of its grid when it is a one-launch sequence kernel with barriers (else 0): those must all be
@@ -348,9 +338,7 @@ def capture(case: Case, targets: Sequence[str]) -> list[tuple[Config, int]]:
             with _recorded_launches() as cell_launches:
                 _call_cell_launchers(case)
             configs += [(_specialise(k, args, kw, t), 0) for k, _, args, kw in cell_launches for t in on_backend]
-            for t in on_backend:
-                if not _sequence_path_on(case, t):
-                    continue
+            for t in on_backend:  # every case: the dispatcher can send any layer to the sequence kernels
                 with _recorded_launches() as sequence_launches:
                     _call_sequence_launchers(case, TARGETS[t].sms, TARGETS[t].shared_limit)
                 configs += [
@@ -370,10 +358,11 @@ class Usage:
     """Resources of one binary: per thread, except shared memory (per program, static + dynamic)."""
 
     regs: int  # NVIDIA REG; AMD .vgpr_count (VGPRs and AGPRs)
-    spills: int  # bytes: NVIDIA STACK (ptxas spills to the stack frame); AMD 4 per spilled VGPR or SGPR
+    spills: int  # bytes to memory: NVIDIA STACK (ptxas spills to the stack frame); AMD 4 per spilled VGPR
     local: int  # bytes: NVIDIA LOCAL; AMD scratch (.private_segment_fixed_size)
     shared: int
     detail: str  # the tool's own figures
+    lane_spills: int = 0  # AMD: SGPRs spilled into VGPR lanes (v_writelane / v_readlane, no memory)
 
 
 def _programs_per_sm(regs: int, shared: int, num_warps: int, props) -> int:
@@ -450,13 +439,16 @@ _AMD_FIELDS = ("vgpr_count", "agpr_count", "sgpr_count", "vgpr_spill_count", "sg
 
 
 def _amd_usage(compiled) -> Usage:
-    """Register, spill and segment sizes from the kernel metadata in the amdgcn text (absent AGPRs mean none)."""
+    """Register, spill and segment sizes from the kernel metadata in the amdgcn text (absent AGPRs mean none).
+
+    An SGPR spill goes to a lane of a VGPR (``v_writelane``; ``v_readlane`` to reload), not to memory: it is
+    counted apart. Should one reach memory, it does so through scratch, which ``local`` counts."""
     found = {k: int(v) for k, v in re.findall(r"^\s+\.(\w+):\s+(\d+)\s*$", compiled.asm["amdgcn"], re.MULTILINE)}
     f = {k: found[k] if k != "agpr_count" else found.get(k, 0) for k in _AMD_FIELDS}
     detail = " ".join(f"{k.removesuffix('_count').removesuffix('_fixed_size')}:{v}" for k, v in f.items())
     return Usage(
-        f["vgpr_count"], 4 * (f["vgpr_spill_count"] + f["sgpr_spill_count"]), f["private_segment_fixed_size"],
-        f["group_segment_fixed_size"] + compiled.metadata.shared, detail,
+        f["vgpr_count"], 4 * f["vgpr_spill_count"], f["private_segment_fixed_size"],
+        f["group_segment_fixed_size"] + compiled.metadata.shared, detail, f["sgpr_spill_count"],
     )
 
 
@@ -655,6 +647,17 @@ def one_launch_grids(report: Report) -> list[str]:
 SHOWN_FAILURES = 20  # failing configurations named under the table; --json has them all
 
 
+def lane_spills(report: Report) -> list[str]:
+    """The most SGPRs each kernel spills into VGPR lanes on an AMD target (not a failure: no memory)."""
+    most: dict[tuple[str, str], Result] = {}
+    for r in report.results:
+        key = (r.config.kernel, r.config.target)
+        if r.usage and r.usage.lane_spills and (key not in most or r.usage.lane_spills > most[key].usage.lane_spills):
+            most[key] = r
+    return [f"- SGPRs in VGPR lanes, at most: {k} on {t}: {r.usage.lane_spills} ({report.examples[r.config]})"
+            for (k, t), r in sorted(most.items())]
+
+
 def failures(report: Report) -> list[str]:
     """One line per failing configuration, worst first: kernel, target, the case that picked it, what is wrong."""
     failing = sorted((r for r in report.results if r.problems()), key=_severity)
@@ -669,7 +672,7 @@ def summary(report: Report) -> str:
     """The table, whether the W_hh tile fits, the one-launch grids, what failed and how long it took."""
     failing = sum(bool(r.problems()) for r in report.results)
     lines = [summary_table(report), "", *w_hh_tile(report), *w_hh_placements(report), *one_launch_grids(report),
-             *failures(report)]
+             *lane_spills(report), *failures(report)]
     lines += [f"- NOT COVERED by any case: {u}" for u in report.uncovered]
     lines.append(
         f"- {report.cases} cases -> {len(report.results)} configurations on {', '.join(report.targets)}; "
@@ -710,16 +713,18 @@ compile, so nothing is copied by hand. Identical configurations are compiled onc
 target. Resources come from `cuobjdump --dump-resource-usage` on the cubin (NVIDIA)
 and from the kernel metadata in the amdgcn text (AMD).
 
-A configuration fails when it does not compile, spills registers, uses local (scratch)
+A configuration fails when it does not compile, spills registers to memory, uses local (scratch)
 memory, or needs more shared memory than its target has (or is a one-launch grid larger than
 the target holds, below); the command then exits with status 1 (after writing this file) and
 names each failing configuration under the table. Columns:
 
 - **configs / failing**: distinct configurations of the kernel on the target, and how many fail.
 - **regs**: registers per thread (NVIDIA `REG`; AMD `.vgpr_count`, VGPRs and AGPRs).
-- **spill B**: bytes per thread. NVIDIA: the stack frame (`STACK`; ptxas spills there).
-  AMD: 4 per spilled register, `.vgpr_spill_count` + `.sgpr_spill_count` (SGPRs spill to
-  VGPR lanes, VGPRs to scratch); `--json PATH` has the split.
+- **spill B**: bytes per thread spilled to memory. NVIDIA: the stack frame (`STACK`; ptxas
+  spills there). AMD: 4 per spilled VGPR (`.vgpr_spill_count`; VGPRs spill to scratch).
+  SGPRs spill into VGPR lanes (`v_writelane`, reloaded with `v_readlane`: one vector
+  instruction each, no memory traffic), so `.sgpr_spill_count` does not fail a configuration;
+  it is in `--json PATH` and the lines under the table give the most per kernel.
 - **local B**: NVIDIA `LOCAL`; AMD scratch (`.private_segment_fixed_size`).
 - **shared B / limit**: shared memory (LDS) per program, static + dynamic, against the
   target's limit: 163 KB on sm_80, 227 KB on sm_90, 64 KB of LDS on gfx942. A streaming sequence

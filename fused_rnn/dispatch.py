@@ -28,9 +28,6 @@ Every constant below is an estimate from H100 specifications and published
 figures, not a measurement (no GPU run has calibrated them; ``make bench``
 prints predicted against measured times).
 
-On AMD GPUs (ROCm) LSTM, and GRU and tanh RNN in fp64, take the stepwise path:
-their sequence kernels spill scalar registers on gfx942 (``fused_rnn.compile_report``).
-
 ``force_path`` overrides the choice, and the slices (for tests and benchmarks).
 """
 
@@ -269,16 +266,6 @@ def device_shared(device: torch.device) -> int:
     return REFERENCE_SHARED
 
 
-def _stepwise_on_rocm(mode: str, dtype: torch.dtype) -> bool:
-    """Whether the sequence kernels of ``mode`` in ``dtype`` spill on AMD GPUs, so never run there (docstring)."""
-    return mode == "LSTM" or (mode in ("GRU", "RNN_TANH") and dtype == torch.float64)
-
-
-def on_rocm(device: torch.device) -> bool:
-    """True for a GPU device of a ROCm build of torch (an AMD GPU)."""
-    return device.type == "cuda" and torch.version.hip is not None
-
-
 # The batch at which the path is chosen: the path is a Python branch that torch.compile bakes into a graph
 # traced for any batch size, so it must not depend on the batch (the plan's slices, chosen inside the op at
 # run time, do).
@@ -286,14 +273,12 @@ PATH_BATCH = 64
 
 
 @torch.compiler.assume_constant_result
-def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
-                sms: int = REFERENCE_SMS, shared: int = REFERENCE_SHARED) -> str:
+def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, sms: int = REFERENCE_SMS,
+                shared: int = REFERENCE_SHARED) -> str:
     """The path for one layer, "sequence" or "stepwise" (module docstring), compared at PATH_BATCH rows;
-    ``rocm`` for an AMD GPU, ``sms`` the GPU's SMs."""
+    ``sms`` the GPU's SMs, ``shared`` its shared memory per program."""
     if _forced is not None:
         return _forced
-    if rocm and _stepwise_on_rocm(mode, dtype):
-        return "stepwise"
     costed = _costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared)
     sequence, _ = _cheapest(costed)
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
@@ -316,16 +301,14 @@ def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dty
     return out
 
 
-def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, rocm: bool = False,
-                 batch: int = 64, sms: int = REFERENCE_SMS, concurrent: bool = True,
-                 shared: int = REFERENCE_SHARED, directions: int = 1) -> tuple[str, str]:
+def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, batch: int = 64,
+                 sms: int = REFERENCE_SMS, concurrent: bool = True, shared: int = REFERENCE_SHARED,
+                 directions: int = 1) -> tuple[str, str]:
     """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step);
     ``concurrent`` as for ``sequence_plan``."""
-    path = choose_path(mode, hidden_size, proj_size, dtype, rocm, sms, shared)
+    path = choose_path(mode, hidden_size, proj_size, dtype, sms, shared)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
-    if rocm and _stepwise_on_rocm(mode, dtype):
-        return path, f"on AMD GPUs the {mode} sequence kernels spill registers in {dtype} (compile report)"
     plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared, directions)
     tiles, slices = triton.cdiv(batch, plan.blocks.block_b), plan.slices
     shown = []

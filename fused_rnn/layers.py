@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, cell_ops, packing, reference, sequence_ops
 from .backend import triton_runs_on
-from .dispatch import choose_path, device_shared, device_sms, on_rocm
+from .dispatch import choose_path, device_shared, device_sms
 from .kernels import sequence_kernels as K
 from .path_report import log_call
 
@@ -59,8 +59,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * dirs)
     proj = getattr(module, "proj_size", 0)
-    path = choose_path(module.mode, module.hidden_size, proj, x.dtype, on_rocm(x.device), device_sms(x.device),
-                       device_shared(x.device))
+    path = choose_path(module.mode, module.hidden_size, proj, x.dtype, device_sms(x.device), device_shared(x.device))
     h_n, c_n = [], []
     for layer in range(module.num_layers):
         rows = slice(layer * dirs, (layer + 1) * dirs)  # this layer's directions in h0, c0 and h_n

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .dispatch import device_shared, device_sms, explain_path, on_rocm
+from .dispatch import device_shared, device_sms, explain_path
 from .kernels.launch import interpreting
 
 log = logging.getLogger("fused_rnn")
@@ -48,7 +48,7 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
         return f"{name}: torch.nn's own implementation (torch fallback): {fallback}"
     if not isinstance(module, nn.RNNBase):
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
-    path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype, on_rocm(x.device),
+    path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype,
                              _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda",
                              shared=device_shared(x.device), directions=2 if module.bidirectional else 1)
     what = {"sequence": "Triton sequence kernel",

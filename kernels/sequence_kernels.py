@@ -26,10 +26,14 @@ runs programs one after another, or a grid the GPU cannot hold at once) the
 kernel boundaries are the barrier. The per-step code is the same in both, so
 the sums are the same in the same order: on a GPU the two agree bitwise.
 
-Direction d's tensors take no extra argument: the buffers the launchers
-allocate and the stacked weights are contiguous with a leading direction axis,
-so direction d's block is d times a block further; xp, y and dy hold the
-directions side by side in their last axis.
+The kernels take no strides: the launchers pass every tensor contiguous (the
+buffers they allocate are; inputs are copied where they are not), and the
+kernels derive each offset from the sizes, in int64 (time and row indices are
+int64). Two dozen stride arguments, live through the time loop, spilled the
+scalar registers of AMD GPUs. Direction d's tensors take no extra argument:
+the stacked weights and buffers have a leading direction axis, so direction
+d's block is d times a block further; xp, y and dy hold the DIRS directions of
+the layer side by side in their last axis.
 
 Variable lengths come from a per-row ``lengths`` vector: at step s row b is
 active while s < lengths[b]; the forward direction reads time s, the reverse
@@ -128,27 +132,28 @@ def _step_rows(s, lengths, reverse):
 
 
 @triton.jit
-def _resident_slice(w, s_wr, s_wk, row0, nrows, K, KP: tl.constexpr, BLOCK_H: tl.constexpr):
-    """W[row0 + col, k] for col < BLOCK_H and k < KP as a (KP, BLOCK_H) tile, zero where col >= nrows or k >= K:
-    a program's slice of one gate of W, loaded before the time loop and kept on chip (KP > 0); 0 when KP is 0
-    (W streamed from L2 every step). ``row0`` is an int64 offset."""
+def _resident_slice(w, col0, ncols, K, R, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """W[k, col0 + col] of one gate block W (K, R) of W_hh for col < BLOCK_H and k < KP as a (KP, BLOCK_H)
+    tile, zero where col >= ncols or k >= K: a program's columns of the block, loaded before the time loop and
+    kept on chip (KP > 0); 0 when KP is 0 (W streamed from L2 every step)."""
     if KP > 0:
         kk = tl.arange(0, KP)
         cols = tl.arange(0, BLOCK_H)
-        return tl.load(w + row0 * s_wr + cols[None, :] * s_wr + kk[:, None] * s_wk,
-                       mask=(kk < K)[:, None] & (cols < nrows)[None, :], other=0.0)
+        return tl.load(w + kk[:, None] * R + col0 + cols[None, :],
+                       mask=(kk < K)[:, None] & (cols < ncols)[None, :], other=0.0)
     else:
         return 0
 
 
 @triton.jit
-def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk, w_row0, cols, ncols,
+def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_row0, cols, ncols,
                   w_res, KP: tl.constexpr,
                   ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(BLOCK_B, BLOCK_H) block of A[t, rows, a_col0 : a_col0 + K] @ W[w_row0 + cols, :K]^T.
+    """(BLOCK_B, BLOCK_H) block of A[a_rows, a_col0 : a_col0 + K] @ W[w_row0 + cols, :K]^T.
 
-    ``t`` is a per-row time index into A (zeros for a 2-D A); ``cols`` run over
+    A is contiguous with rows ``a_width`` wide and ``a_rows`` the int64 row
+    index of each of the block's rows (as ``_at``); ``cols`` run over
     0..BLOCK_H and only the first ``ncols`` are real.
 
     With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_H) tile that
@@ -161,7 +166,7 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
     if KP > 0:
         kk = tl.arange(0, KP)
         # A: state other programs wrote, read after the barrier's acquire (see below for ".cg").
-        x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + kk)[None, :] * s_ak,
+        x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + kk)[None, :],
                     mask=rmask[:, None] & (kk < K)[None, :], other=0.0, cache_modifier=".cg")
         x = x.to(w_res.dtype)
         wt = w_res
@@ -178,7 +183,7 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
             # A is state other programs of the tile wrote. It is read after the barrier's acquire at GPU scope, which
             # invalidates this SM's L1 (NVIDIA; AMD likewise), so no stale line is served; ".cg" (L2 only) marks it
             # where the load stays a load (the pipeliner turns it into cp.async, which has no 4-byte L2-only form).
-            x = tl.load(a + t[:, None] * s_at + rows[:, None] * s_ar + (a_col0 + ks)[None, :] * s_ak,
+            x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + ks)[None, :],
                         mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
             # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
             w_k = w + tl.cast(k0, tl.int64) * s_wk
@@ -193,7 +198,7 @@ def _matmul_block(a, s_at, s_ar, s_ak, t, a_col0, rows, rmask, K, w, s_wr, s_wk,
 
 
 @triton.jit
-def _resident_gates(w, s_wg, s_wk, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr,
+def _resident_gates(w, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr,
                     BLOCK_H: tl.constexpr):
     """A program's rows of W_hh (G, R) for the units [h_lo, h_lo + BLOCK_H), every gate side by side: the
     (KP, BLOCK_H * GATES_P2) tile whose column n holds gate n % GATES_P2 of unit h_lo + n // GATES_P2 (zero past
@@ -207,14 +212,14 @@ def _resident_gates(w, s_wg, s_wk, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.
         kk = tl.arange(0, KP)
         row = gate.to(tl.int64) * H + unit
         real = (unit < H) & ((gate < 3) | (CELL != 1))  # GRU pads its 3 gates to 4
-        return tl.load(w + row[None, :] * s_wg + kk[:, None] * s_wk, mask=(kk < R)[:, None] & real[None, :],
+        return tl.load(w + row[None, :] * R + kk[:, None], mask=(kk < R)[:, None] & real[None, :],
                        other=0.0)
     else:
         return 0
 
 
 @triton.jit
-def _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_gates, j, cols, H, R,
+def _gate_products(h_cur, rows, rmask, w, w_gates, j, cols, H, R,
                    CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
                    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -224,7 +229,7 @@ def _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_ga
     Resident (KP > 0): one product with the side-by-side tile of ``_resident_gates``, split into gates. Streamed:
     one ``_matmul_block`` per gate."""
     if KP > 0:
-        both = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 0, cols, 0,
+        both = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, 0, cols, 0,
                              w_gates, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
         if GATES_P2 == 1:
             q0 = both
@@ -234,45 +239,46 @@ def _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_ga
             q0, q2 = tl.split(even)
             q1, q3 = tl.split(odd)
     else:
-        q0 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, j, cols, H - j,
+        q0 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, j, cols, H - j,
                            0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
         q1, q2, q3 = q0, q0, q0
         if CELL <= 1:
-            q1 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, H + j, cols, H - j,
+            q1 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, H + j, cols, H - j,
                                0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            q2 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 2 * H + j, cols,
+            q2 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, 2 * H + j, cols,
                                H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
         if CELL == 0:
-            q3 = _matmul_block(h_cur, 0, s_hbb, s_hbh, zero_b, 0, rows, rmask, R, w, s_wg, s_wk, 3 * H + j, cols,
+            q3 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, 3 * H + j, cols,
                                H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
     return q0, q1, q2, q3
 
 
 @triton.jit
-def _at(ptr, s_t, s_b, s_c, t, rows, col0, cols):
-    """Pointers of ptr[t[row], row, col0 + col] for a (BLOCK_B, BLOCK_H) block (per-row time index)."""
-    return ptr + t[:, None] * s_t + rows[:, None] * s_b + (col0 + cols)[None, :] * s_c
+def _at(ptr, index, width, col0, cols):
+    """Pointers of a (BLOCK_B, BLOCK_H) block of a contiguous tensor whose rows are ``width`` wide: row index[i]
+    (int64: ``rows`` of a (B, width) state, ``t * B + rows`` of a (T, B, width) sequence), columns col0 + cols."""
+    return ptr + index[:, None] * width + (col0 + cols)[None, :]
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
 def sequence_fwd_kernel(
-    xp, s_xt, s_xb, s_xg,  # (T, B, G) input projection x W_ih^T with the foldable biases added
-    w, s_wg, s_wk,  # (G, R) W_hh
-    b_hn, s_bhn,  # (H,) GRU's b_hn (inside r * (W_hn h + b_hn)), read when HAS_BHN
-    w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
+    xp,  # (T, B, DIRS * G) input projection x W_ih^T with the foldable biases added (G = gates x H)
+    w,  # (D, G, R) W_hh
+    b_hn,  # (D, H) GRU's b_hn (inside r * (W_hn h + b_hn)), read when HAS_BHN
+    w_hr,  # (D, R, H) LSTM projection W_hr, read when HAS_PROJ
     lengths,  # (B,) int64 valid length of each row
-    y, s_yt, s_yb, s_yh,  # out (T, B, R) outputs, zero past each row's length
-    hbuf, s_hbp, s_hbb, s_hbh,  # state (2, B, R) h ping-pong in the storage dtype: step s reads hbuf[s % 2]
-    cbuf, s_cbb, s_cbh,  # state (B, H) in the compute dtype, read by its owner only: LSTM c, GRU h
-    ws, s_wst, s_wsb, s_wsg,  # out (T, B, 4H) gate values for backward, compute dtype (LSTM, GRU; when SAVE)
-    cs, s_cst, s_csb, s_csh,  # out (T, B, H) cell state of every step, compute dtype (LSTM; when SAVE)
-    ms, s_mst, s_msb, s_msh,  # out (T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
+    y,  # out (T, B, DIRS * R) outputs, zero past each row's length
+    hbuf,  # state (D, 2, B, R) h ping-pong in the storage dtype: step s reads hbuf[d, s % 2]
+    cbuf,  # state (D, B, H) in the compute dtype, read by its owner only: LSTM c, GRU h
+    ws,  # out (D, T, B, 4H) gate values for backward, compute dtype (LSTM, GRU; when SAVE)
+    cs,  # out (D, T, B, H) cell state of every step, compute dtype (LSTM; when SAVE)
+    ms,  # out (D, T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
     sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the steps this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
-    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr,
-    ACC: tl.constexpr,
+    CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr,
+    SAVE: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, GATES_P2: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -292,106 +298,108 @@ def sequence_fwd_kernel(
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0)
-    # Direction d's tensors: its columns of xp and y, its block of the stacked weights and buffers.
+    # Direction d's tensors: its columns of xp and y (rows XW and YW wide), its block of the stacked ones.
     G = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    xp += d * G * H * s_xg
-    y += d * R * s_yh
-    w += d * G * H * s_wg
-    b_hn += d * H * s_bhn
-    w_hr += d * R * s_wrp
-    hbuf += d * 2 * s_hbp
-    cbuf += d * B * s_cbb
-    ws += d * T * s_wst
-    cs += d * T * s_cst
-    ms += d * T * s_mst
+    XW, YW = DIRS * G * H, DIRS * R
+    xp += d * G * H
+    y += d * R
+    w += d * G * H * R
+    b_hn += d * H
+    w_hr += d * R * H
+    hbuf += d * 2 * B * R
+    cbuf += d * B * H
+    ws += d * T * B * 4 * H
+    cs += d * T * B * H
+    ms += d * T * B * H
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
-    w_gates = _resident_gates(w, s_wg, s_wk, h_lo, H, R, CELL, GATES_P2, KP, BLOCK_H)
+    w_gates = _resident_gates(w, h_lo, H, R, CELL, GATES_P2, KP, BLOCK_H)
     for s in range(S_BEGIN, S_END):
-        h_cur = hbuf + (s % 2) * s_hbp
-        h_nxt = hbuf + ((s + 1) % 2) * s_hbp
+        h_cur = hbuf + (s % 2) * B * R
+        h_nxt = hbuf + ((s + 1) % 2) * B * R
         t, active = _step_rows(s, lens, rev)
+        tb = t * B + rows  # the rows' index in (T, B, width) sequences
         arrived = (s - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
         for j in range(h_lo, h_hi if (FWD_CELL & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
             if CELL == 1:  # the GRU's own units of h enter its cell math from the compute-dtype state
-                h_prev = tl.load(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+                h_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
             elif not HAS_PROJ:  # h has H columns
-                h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
-            q0, q1, q2, q3 = _gate_products(h_cur, s_hbb, s_hbh, zero_b, rows, rmask, w, s_wg, s_wk, w_gates, j, cols,
+                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0).to(ACC)
+            q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, cols,
                                             H, R, CELL, GATES_P2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if CELL == 0:
                 pre_i, pre_f, pre_g, pre_o = q0, q1, q2, q3
-                pre_i += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
-                pre_f += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
-                pre_g += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
-                pre_o += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
-                c_prev = tl.load(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
+                pre_i += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
+                pre_f += tl.load(_at(xp, tb, XW, H + j, cols), mask=am, other=0.0).to(ACC)
+                pre_g += tl.load(_at(xp, tb, XW, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                pre_o += tl.load(_at(xp, tb, XW, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                c_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
                 h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
-                tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), tl.where(active[:, None], c, c_prev), mask=m)
+                tl.store(_at(cbuf, rows, H, j, cols), tl.where(active[:, None], c, c_prev), mask=m)
                 if SAVE:
-                    tl.store(_at(cs, s_cst, s_csb, s_csh, t, rows, j, cols), c, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), i, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), f, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), g, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), o, mask=am)
+                    tl.store(_at(cs, tb, H, j, cols), c, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, j, cols), i, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, H + j, cols), f, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, 2 * H + j, cols), g, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, 3 * H + j, cols), o, mask=am)
             elif CELL == 1:
                 h_r, h_z, h_n = q0, q1, q2
                 if HAS_BHN:
-                    h_n += tl.load(b_hn + (j + cols) * s_bhn, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
-                x_r = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
-                x_z = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
-                x_n = tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                    h_n += tl.load(b_hn + j + cols, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
+                x_r = tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
+                x_z = tl.load(_at(xp, tb, XW, H + j, cols), mask=am, other=0.0).to(ACC)
+                x_n = tl.load(_at(xp, tb, XW, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
                 h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
-                tl.store(_at(cbuf, 0, s_cbb, s_cbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+                tl.store(_at(cbuf, rows, H, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 if SAVE:
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), r, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), z, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), n, mask=am)
-                    tl.store(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), h_n, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, j, cols), r, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, H + j, cols), z, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, 2 * H + j, cols), n, mask=am)
+                    tl.store(_at(ws, tb, 4 * H, 3 * H + j, cols), h_n, mask=am)
             else:
                 pre = q0
-                pre += tl.load(_at(xp, s_xt, s_xb, s_xg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                pre += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
                 h = rnn_forward(pre, CELL == 3)
             if HAS_PROJ:  # h = W_hr m comes after every column of m is written
-                tl.store(_at(ms, s_mst, s_msb, s_msh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+                tl.store(_at(ms, tb, H, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
             else:
-                tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
-                tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+                tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+                tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
         if HAS_PROJ:
             _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
             for j in range(r_lo, r_hi if (FWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
-                h = _matmul_block(ms, s_mst, s_msb, s_msh, t, 0, rows, rmask, H, w_hr, s_wrp, s_wrh, j, cols, R - j,
+                h = _matmul_block(ms, tb, H, 0, rmask, H, w_hr, H, 1, j, cols, R - j,
                                   0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                h_prev = tl.load(_at(h_cur, 0, s_hbb, s_hbh, zero_b, rows, j, cols), mask=m, other=0.0)
-                tl.store(_at(h_nxt, 0, s_hbb, s_hbh, zero_b, rows, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
-                tl.store(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0)
+                tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+                tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
         _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
 def sequence_bwd_kernel(
-    dy, s_dyt, s_dyb, s_dyh,  # (T, B, R) gradient of the outputs
-    w, s_wg, s_wk,  # (G, R) W_hh
-    w_hr, s_wrp, s_wrh,  # (R, H) LSTM projection W_hr, read when HAS_PROJ
-    h0, s_h0b, s_h0h,  # (B, R) initial hidden state (GRU needs h_prev)
-    c0, s_c0b, s_c0h,  # (B, H) initial cell state (LSTM)
+    dy,  # (T, B, DIRS * R) gradient of the outputs
+    w,  # (D, G, R) W_hh
+    w_hr,  # (D, R, H) LSTM projection W_hr, read when HAS_PROJ
+    h0,  # (D, B, R) initial hidden state (GRU needs h_prev)
+    c0,  # (D, B, H) initial cell state (LSTM)
     lengths,  # (B,) int64
-    y, s_yt, s_yb, s_yh,  # (T, B, R) forward outputs
-    ws, s_wst, s_wsb, s_wsg,  # (T, B, 4H) saved gate values
-    cs, s_cst, s_csb, s_csh,  # (T, B, H) saved cell states (LSTM)
-    dg, s_dgt, s_dgb, s_dgg,  # out (T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
-    dhs, s_dht, s_dhsb, s_dhsp,  # out (T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
-    dhbuf, s_dhb, s_dhh,  # state (B, R) dh carry (compute dtype), updated in place: each column has one owner
-    dcbuf, s_dcb, s_dch,  # state (B, H) dc carry (compute dtype) (LSTM)
+    y,  # (T, B, DIRS * R) forward outputs
+    ws,  # (D, T, B, 4H) saved gate values
+    cs,  # (D, T, B, H) saved cell states (LSTM)
+    dg,  # out (D, T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
+    dhs,  # out (D, T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
+    dhbuf,  # state (D, B, R) dh carry (compute dtype), updated in place: each column has one owner
+    dcbuf,  # state (D, B, H) dc carry (compute dtype) (LSTM)
     sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the reverse steps r (time step T - 1 - r) this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
-    CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
+    CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -412,30 +420,33 @@ def sequence_bwd_kernel(
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0)
-    # Direction d's tensors: its columns of dy and y, its block of the stacked weights, states and buffers.
+    # Direction d's tensors: its columns of dy and y (rows YW wide), its block of the stacked ones.
     G = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    dy += d * R * s_dyh
-    y += d * R * s_yh
-    w += d * G * H * s_wg
-    w_hr += d * R * s_wrp
-    h0 += d * B * s_h0b
-    c0 += d * B * s_c0b
-    ws += d * T * s_wst
-    cs += d * T * s_cst
-    dg += d * T * s_dgt
-    dhs += d * T * s_dht
-    dhbuf += d * B * s_dhb
-    dcbuf += d * B * s_dcb
+    GS = 4 * H if CELL <= 1 else H  # the width of dg
+    YW = DIRS * R
+    dy += d * R
+    y += d * R
+    w += d * G * H * R
+    w_hr += d * R * H
+    h0 += d * B * R
+    c0 += d * B * H
+    ws += d * T * B * 4 * H
+    cs += d * T * B * H
+    dg += d * T * B * GS
+    dhs += d * T * B * R
+    dhbuf += d * B * R
+    dcbuf += d * B * H
     # The program's resident columns of W_hh (its units of h), gate block by gate block.
-    H64, r_lo64 = tl.cast(H, tl.int64), r_lo.to(tl.int64)
-    wb_0 = _resident_slice(w, s_wk, s_wg, r_lo64, R - r_lo, H, KP, BLOCK_H)
-    wb_1 = _resident_slice(w + H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL <= 1 else 0, BLOCK_H)
-    wb_2 = _resident_slice(w + 2 * H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL <= 1 else 0, BLOCK_H)
-    wb_3 = _resident_slice(w + 3 * H64 * s_wg, s_wk, s_wg, r_lo64, R - r_lo, H, KP if CELL == 0 else 0, BLOCK_H)
+    HR = tl.cast(H, tl.int64) * R  # one gate block of W_hh
+    wb_0 = _resident_slice(w, r_lo, R - r_lo, H, R, KP, BLOCK_H)
+    wb_1 = _resident_slice(w + HR, r_lo, R - r_lo, H, R, KP if CELL <= 1 else 0, BLOCK_H)
+    wb_2 = _resident_slice(w + 2 * HR, r_lo, R - r_lo, H, R, KP if CELL <= 1 else 0, BLOCK_H)
+    wb_3 = _resident_slice(w + 3 * HR, r_lo, R - r_lo, H, R, KP if CELL == 0 else 0, BLOCK_H)
     for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
         t, active = _step_rows(s, lens, rev)
         tp = tl.where(rev, t + 1, t - 1)
+        tb, tpb = t * B + rows, tp * B + rows  # the rows' index in (T, B, width) sequences at t and tp
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
         arrived = (r_step - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
         if HAS_PROJ:
@@ -443,10 +454,10 @@ def sequence_bwd_kernel(
             for j in range(r_lo, r_hi if (BWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
-                carry = tl.load(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
-                dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=m & active[:, None], other=0.0)
-                tl.store(_at(dhs, s_dht, s_dhsb, s_dhsp, t, rows, j, cols), tl.where(active[:, None], dh, 0.0), mask=m)
-                tl.store(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
+                carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
+                dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=m & active[:, None], other=0.0)
+                tl.store(_at(dhs, tb, R, j, cols), tl.where(active[:, None], dh, 0.0), mask=m)
+                tl.store(_at(dhbuf, rows, R, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
             _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
         # Phase A: gate gradients of this step, column block by column block.
         for j in range(h_lo, h_hi if (BWD_GATES & PHASES) else h_lo, BLOCK_H):
@@ -454,76 +465,76 @@ def sequence_bwd_kernel(
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
             if HAS_PROJ:  # the gradient of m = o * tanh(c) is dh W_hr
-                dh = _matmul_block(dhs, s_dht, s_dhsb, s_dhsp, t, 0, rows, rmask, R, w_hr, s_wrh, s_wrp, j, cols, H - j,
+                dh = _matmul_block(dhs, tb, R, 0, rmask, R, w_hr, 1, H, j, cols, H - j,
                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
-                carry = tl.load(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), mask=m, other=0.0)
-                dh = carry + tl.load(_at(dy, s_dyt, s_dyb, s_dyh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
+                dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if CELL == 0:
-                dc = tl.load(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), mask=m, other=0.0).to(ACC)
-                i = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
-                f = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
-                g = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
-                o = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
-                c = tl.load(_at(cs, s_cst, s_csb, s_csh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
-                c_prev = tl.load(_at(cs, s_cst, s_csb, s_csh, tp, rows, j, cols), mask=am & ~first, other=0.0)
-                c_prev += tl.load(_at(c0, 0, s_c0b, s_c0h, zero_b, rows, j, cols), mask=am & first, other=0.0)
+                dc = tl.load(_at(dcbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
+                i = tl.load(_at(ws, tb, 4 * H, j, cols), mask=am, other=0.0).to(ACC)
+                f = tl.load(_at(ws, tb, 4 * H, H + j, cols), mask=am, other=0.0).to(ACC)
+                g = tl.load(_at(ws, tb, 4 * H, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                o = tl.load(_at(ws, tb, 4 * H, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
+                c_prev = tl.load(_at(cs, tpb, H, j, cols), mask=am & ~first, other=0.0)
+                c_prev += tl.load(_at(c0, rows, H, j, cols), mask=am & first, other=0.0)
                 d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
-                tl.store(_at(dcbuf, 0, s_dcb, s_dch, zero_b, rows, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_i, 0.0), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, H + j, cols), tl.where(active[:, None], d_f, 0.0), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 2 * H + j, cols), tl.where(active[:, None], d_g, 0.0), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 3 * H + j, cols), tl.where(active[:, None], d_o, 0.0), mask=m)
+                tl.store(_at(dcbuf, rows, H, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
+                tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_i, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, H + j, cols), tl.where(active[:, None], d_f, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, 2 * H + j, cols), tl.where(active[:, None], d_g, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, 3 * H + j, cols), tl.where(active[:, None], d_o, 0.0), mask=m)
             elif CELL == 1:
-                r = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, j, cols), mask=am, other=0.0).to(ACC)
-                z = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, H + j, cols), mask=am, other=0.0).to(ACC)
-                n = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
-                h_n = tl.load(_at(ws, s_wst, s_wsb, s_wsg, t, rows, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
-                h_prev = tl.load(_at(y, s_yt, s_yb, s_yh, tp, rows, j, cols), mask=am & ~first, other=0.0)
-                h_prev += tl.load(_at(h0, 0, s_h0b, s_h0h, zero_b, rows, j, cols), mask=am & first, other=0.0)
+                r = tl.load(_at(ws, tb, 4 * H, j, cols), mask=am, other=0.0).to(ACC)
+                z = tl.load(_at(ws, tb, 4 * H, H + j, cols), mask=am, other=0.0).to(ACC)
+                n = tl.load(_at(ws, tb, 4 * H, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                h_n = tl.load(_at(ws, tb, 4 * H, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                h_prev = tl.load(_at(y, tpb, YW, j, cols), mask=am & ~first, other=0.0)
+                h_prev += tl.load(_at(h0, rows, R, j, cols), mask=am & first, other=0.0)
                 d_r, d_z, d_xn, d_hn, direct = gru_backward(dh, h_prev.to(ACC), r, z, n, h_n)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_r, 0.0), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, H + j, cols), tl.where(active[:, None], d_z, 0.0), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 2 * H + j, cols), tl.where(active[:, None], d_xn, 0.0), mask=m)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, 3 * H + j, cols), tl.where(active[:, None], d_hn, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_r, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, H + j, cols), tl.where(active[:, None], d_z, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, 2 * H + j, cols), tl.where(active[:, None], d_xn, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, 3 * H + j, cols), tl.where(active[:, None], d_hn, 0.0), mask=m)
             else:
-                h = tl.load(_at(y, s_yt, s_yb, s_yh, t, rows, j, cols), mask=am, other=0.0).to(ACC)
+                h = tl.load(_at(y, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
                 d_pre = rnn_backward(dh, h, CELL == 3)
-                tl.store(_at(dg, s_dgt, s_dgb, s_dgg, t, rows, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
             if not HAS_PROJ:  # the carry of an inactive row passes through unchanged
                 nxt = tl.where(active[:, None], direct, carry)
-                tl.store(_at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols), nxt, mask=m)
+                tl.store(_at(dhbuf, rows, R, j, cols), nxt, mask=m)
         _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
         # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < R)[None, :]
-            # W_hh^T addressed as rows = hidden units (stride s_wk), k = gate units (stride s_wg), against d_gates
+            # W_hh^T addressed as rows = hidden units (stride 1), k = gate units (stride R), against d_gates
             # (GRU: r and z, then the hidden-side n, dg's fourth block).
             if KP > 0:  # resident: one product per gate block, each with its tile held since the launch began
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, R - j,
+                acc = _matmul_block(dg, tb, GS, 0, rmask, H, w, 1, R, j, cols, R - j,
                                     wb_0, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 if CELL <= 1:
-                    acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, H, rows, rmask, H, w, s_wk, s_wg, j, cols,
+                    acc += _matmul_block(dg, tb, GS, H, rmask, H, w, 1, R, j, cols,
                                          R - j, wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                    acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, (2 + CELL) * H, rows, rmask, H, w, s_wk, s_wg,
+                    acc += _matmul_block(dg, tb, GS, (2 + CELL) * H, rmask, H, w, 1, R,
                                          j, cols, R - j, wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 if CELL == 0:
-                    acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w, s_wk, s_wg, j, cols,
+                    acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w, 1, R, j, cols,
                                          R - j, wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             elif CELL == 0:  # streamed: the reduction over every gate unit at once
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 4 * H, w, s_wk, s_wg, j, cols, R - j,
+                acc = _matmul_block(dg, tb, GS, 0, rmask, 4 * H, w, 1, R, j, cols, R - j,
                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             elif CELL == 1:
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, 2 * H, w, s_wk, s_wg, j, cols, H - j,
+                acc = _matmul_block(dg, tb, GS, 0, rmask, 2 * H, w, 1, R, j, cols, H - j,
                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc += _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 3 * H, rows, rmask, H, w + 2 * H64 * s_wg, s_wk, s_wg,
+                acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w + 2 * HR, 1, R,
                                      j, cols, H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
-                acc = _matmul_block(dg, s_dgt, s_dgb, s_dgg, t, 0, rows, rmask, H, w, s_wk, s_wg, j, cols, H - j,
+                acc = _matmul_block(dg, tb, GS, 0, rmask, H, w, 1, R, j, cols, H - j,
                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            p = _at(dhbuf, 0, s_dhb, s_dhh, zero_b, rows, j, cols)
+            p = _at(dhbuf, rows, R, j, cols)
             old = tl.load(p, mask=m, other=0.0)
             tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
         tl.debug_barrier()
@@ -618,18 +629,6 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
             launch(kernel, grid, *head, placeholder, step, step + 1, *tail, PHASES=phase, **meta)
 
 
-def _in_block_offsets_fit(w: torch.Tensor | None, block_k: int) -> torch.Tensor | None:
-    """``w`` (D, rows, K), or a contiguous copy when BLOCK_K times one of its strides passes int32.
-
-    ``_matmul_block`` offsets a block's base in int64 but the rows inside a block
-    in int32 (64-bit offsets there spill registers); a weight view with a huge
-    stride is copied rather than read out of bounds.
-    """
-    if w is None or max(w.stride()[1:]) * block_k < 2**31:  # the leading axis is the direction
-        return w
-    return w.contiguous()
-
-
 def _resident_width(plan: SequencePlan, hidden: int, width: int) -> int:
     """The KP constexpr: ``width`` (the reduction width of the recurrent product) padded to a power of two when
     ``plan`` keeps W_hh on chip, else 0 (streamed). A resident program owns one block of hidden units."""
@@ -640,10 +639,16 @@ def _resident_width(plan: SequencePlan, hidden: int, width: int) -> int:
     return triton.next_power_of_2(width)
 
 
-def _or_dummy(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> tuple:
-    """A tensor argument and its strides, or a placeholder with zero strides for an unused one. ``t`` has a
-    leading direction axis: the kernels get one direction's strides (direction d is d x its size further)."""
-    return (t, *t.stride()[1:]) if t is not None and t.numel() else (like, *([0] * ndim))
+def _or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A tensor argument, or ``like`` as a placeholder for an unused one (never read)."""
+    return t if t is not None and t.numel() else like
+
+
+def _contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The tensors in the contiguous layouts the kernels address (no copy for those already so): the kernels
+    take no strides, they derive them from the sizes, which spares the scalar registers (SGPRs on AMD) that
+    two dozen stride arguments held through the time loop."""
+    return [t if t is None else t.contiguous() for t in tensors]
 
 
 def _launches(plan: SequencePlan, directions: int, reverse: bool) -> list[tuple[slice, bool]]:
@@ -672,6 +677,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     gates (D, T, B, 4H) and cell states (D, T, B, H) when ``save`` (what backward reads), and the
     pre-projection outputs m (D, T, B, H); unused ones are empty.
     """
+    xp, w_hh, b_hn, w_hr = _contiguous(xp, w_hh, b_hn, w_hr)
     D, G, R = w_hh.shape
     T, B, _ = xp.shape
     H = w_hr.shape[2] if w_hr is not None else R
@@ -687,20 +693,15 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     ws = new_output(state, (D, T, B, SAVED[cell] * H) if save else (0,))
     cs = new_output(state, (D, T, B, H) if save and is_lstm else (0,))
     ms = new_output(xp, (D, T, B, H) if w_hr is not None else (0,))
-    # The kernels step from one direction's weights to the next by their size: stacked, contiguous.
-    w_hh, b_hn, w_hr = (w if w is None or D == 1 else w.contiguous() for w in (w_hh, b_hn, w_hr))
-    w_hh, w_hr = (_in_block_offsets_fit(w, plan.blocks.block_k) for w in (w_hh, w_hr))
     phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, xp.dtype, plan)
-        meta.update(HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save, KP=_resident_width(plan, H, R),
-                    GATES_P2=triton.next_power_of_2(GATES[cell]))
-        x_d, y_d = _part(xp, d, G), _part(y, d, R)
+        meta.update(DIRS=D, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save,
+                    KP=_resident_width(plan, H, R), GATES_P2=triton.next_power_of_2(GATES[cell]))
         head = (
-            x_d, *x_d.stride(), *_or_dummy(_part(w_hh, d), xp, 2), *_or_dummy(_part(b_hn, d), xp, 1),
-            *_or_dummy(_part(w_hr, d), xp, 2), lengths, y_d, *y_d.stride(), *_or_dummy(_part(hbuf, d), xp, 3),
-            *_or_dummy(_part(cbuf, d), xp, 2), *_or_dummy(_part(ws, d), xp, 3), *_or_dummy(_part(cs, d), xp, 3),
-            *_or_dummy(_part(ms, d), xp, 3),
+            _part(xp, d, G), _part(w_hh, d), _or_dummy(_part(b_hn, d), xp), _or_dummy(_part(w_hr, d), xp), lengths,
+            _part(y, d, R), _part(hbuf, d), _or_dummy(_part(cbuf, d), xp), _or_dummy(_part(ws, d), xp),
+            _or_dummy(_part(cs, d), xp), _or_dummy(_part(ms, d), xp),
         )
         tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
         _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
@@ -719,6 +720,7 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     dtype; and with a projection the gradient of each step's h, (D, T, B, R), zero past each length (else
     empty).
     """
+    dy, w_hh, w_hr, h0, c0, y, ws, cs = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs)
     D, G, R = w_hh.shape
     T, B, _ = y.shape
     H = w_hr.shape[2] if w_hr is not None else R
@@ -729,20 +731,17 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     dhbuf = new_output(y.new_empty(0, dtype=acc), (D, B, R)).copy_(dh_n)
     is_lstm = cell == LSTM
     dcbuf = new_output(dhbuf, (D, B, H)).copy_(dc_n) if is_lstm else dhbuf.new_empty(0)
-    w_hh, w_hr, h0, c0 = (w if w is None or D == 1 else w.contiguous() for w in (w_hh, w_hr, h0, c0))
-    w_hh, w_hr = (_in_block_offsets_fit(w, plan.blocks.block_k) for w in (w_hh, w_hr))
     phases = [BWD_GATES.value, BWD_CARRY.value]
     if w_hr is not None:
         phases.insert(0, BWD_PROJ.value)
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
-        meta.update(HAS_PROJ=w_hr is not None, KP=_resident_width(plan, H, H))
-        dy_d, y_d = _part(dy, d, R), _part(y, d, R)
+        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, KP=_resident_width(plan, H, H))
         head = (
-            dy_d, *dy_d.stride(), *_or_dummy(_part(w_hh, d), y, 2), *_or_dummy(_part(w_hr, d), y, 2),
-            *_or_dummy(_part(h0, d), y, 2), *_or_dummy(_part(c0, d), y, 2), lengths, y_d, *y_d.stride(),
-            *_or_dummy(_part(ws, d), y, 3), *_or_dummy(_part(cs, d), y, 3), *_or_dummy(_part(dg, d), y, 3),
-            *_or_dummy(_part(dhs, d), y, 3), *_or_dummy(_part(dhbuf, d), y, 2), *_or_dummy(_part(dcbuf, d), y, 2),
+            _part(dy, d, R), _part(w_hh, d), _or_dummy(_part(w_hr, d), y), _or_dummy(_part(h0, d), y),
+            _or_dummy(_part(c0, d), y), lengths, _part(y, d, R), _or_dummy(_part(ws, d), y),
+            _or_dummy(_part(cs, d), y), _part(dg, d), _or_dummy(_part(dhs, d), y), _part(dhbuf, d),
+            _or_dummy(_part(dcbuf, d), y),
         )
         tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
         _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -49,13 +50,13 @@ def test_configurations_are_captured_as_on_a_gpu(report):
     assert bf16 and all(dict(c.constexprs)["DOT_FP32"] is False for c in bf16)
 
 
-def test_amd_gets_only_the_sequence_kernels_the_dispatcher_launches_there(report):
-    """LSTM runs stepwise on AMD GPUs (fused_rnn.dispatch), so only GRU and RNN sequence kernels are compiled for
-    gfx942 (fp64 GRU and tanh RNN neither), without NVIDIA's register option and with one pipeline stage; a
-    one-launch grid (with barriers) is launched cooperatively."""
+def test_amd_gets_the_sequence_kernels_of_every_cell(report):
+    """Every cell and dtype takes the sequence kernels on AMD GPUs too (LSTM and fp64 included: with no stride
+    arguments their scalar registers no longer spill to memory), without NVIDIA's register option and with one
+    pipeline stage; a one-launch grid (with barriers) is launched cooperatively."""
     amd = [r.config for r in report.results if r.config.target == "gfx942" and r.config.kernel.startswith("sequence")]
-    cells = {dict(c.constexprs)["CELL"] for c in amd}
-    assert 1 in cells and 0 not in cells, cells
+    cells = {(dict(c.constexprs)["CELL"], dict(c.constexprs)["ACC"].primitive_bitwidth) for c in amd}
+    assert {(0, 32), (0, 64), (1, 32), (3, 32)} <= cells, cells
     for c in amd:
         cooperative = {"launch_cooperative_grid": True} if dict(c.constexprs)["BARRIER"] else {}
         assert dict(c.options) == {"num_stages": 1, "num_warps": 8} | cooperative, c.label
@@ -88,13 +89,24 @@ def _config(target: str) -> R.Config:
         (R.Usage(regs=40, spills=0, local=0, shared=1024, detail=""), None, []),
         (R.Usage(regs=255, spills=632, local=0, shared=0, detail=""), None, ["spills 632 B"]),
         (R.Usage(regs=96, spills=0, local=16, shared=0, detail=""), None, ["local memory 16 B"]),
+        (R.Usage(regs=161, spills=0, local=0, shared=0, detail="", lane_spills=49), None, []),
         (R.Usage(regs=96, spills=0, local=0, shared=65537, detail=""), None, ["shared 65537 B > 65536 B"]),
         (None, "CompilationError: boom", ["compile error: CompilationError: boom"]),
     ],
-    ids=["ok", "spills", "local", "shared-over-limit", "compile-error"],
+    ids=["ok", "spills", "local", "sgprs-in-vgpr-lanes", "shared-over-limit", "compile-error"],
 )
 def test_what_fails_a_configuration(usage, error, problems):
     assert R.Result(_config("gfx942"), usage, error, 0.0).problems() == problems
+
+
+def test_amd_sgpr_spills_are_lane_spills_and_vgpr_spills_bytes():
+    """The amdgcn metadata: SGPR spills go to VGPR lanes (counted apart), VGPR spills to scratch (4 B each)."""
+    fields = dict(vgpr_count=161, sgpr_count=106, vgpr_spill_count=3, sgpr_spill_count=49,
+                  private_segment_fixed_size=12, group_segment_fixed_size=1024)
+    amdgcn = "".join(f"    .{k}:     {v}\n" for k, v in fields.items())
+    compiled = SimpleNamespace(asm={"amdgcn": amdgcn}, metadata=SimpleNamespace(shared=0))
+    usage = R._amd_usage(compiled)
+    assert (usage.regs, usage.spills, usage.local, usage.shared, usage.lane_spills) == (161, 12, 12, 1024, 49)
 
 
 def test_a_one_launch_grid_must_fit_the_target_at_once():

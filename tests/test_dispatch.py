@@ -150,18 +150,6 @@ def test_force_path():
     assert sequence_plan("LSTM", 64, 512, 0, torch.float32).slices != 5
 
 
-def test_lstm_and_fp64_gru_and_tanh_rnn_run_stepwise_on_amd_gpus():
-    """Their sequence kernels spill scalar registers on gfx942 (compile report): never launched there."""
-    assert choose_path("LSTM", 64, 0, torch.float16, rocm=True) == "stepwise"
-    assert choose_path("LSTM", 64, 0, torch.float16, rocm=False) == "sequence"
-    assert choose_path("GRU", 64, 0, torch.float64, rocm=True) == "stepwise"
-    assert choose_path("RNN_TANH", 64, 0, torch.float64, rocm=True) == "stepwise"
-    assert choose_path("RNN_RELU", 64, 0, torch.float64, rocm=True) == "sequence"
-    assert choose_path("GRU", 64, 0, torch.float64, rocm=False) == "sequence"
-    for mode in ("GRU", "RNN_TANH", "RNN_RELU"):
-        assert choose_path(mode, 64, 0, torch.float16, rocm=True) == "sequence"
-
-
 def test_the_model_counts_the_projection_and_the_resident_weights(monkeypatch):
     """With a projection: W_hr's slice and the m tile are read each step, and a step has two barriers. A
     weight-stationary one-launch plan reads no W_hh per step (its load once per launch is left out), only h."""

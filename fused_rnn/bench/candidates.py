@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import fused_rnn
-from fused_rnn.dispatch import device_sms, on_rocm
+from fused_rnn.dispatch import device_shared, device_sms
 
 from .loop import recurrent_loop
 from .problem import TORCH_CLASSES, Inputs, Problem, copy_module, module_forward
@@ -65,7 +65,7 @@ def _fused(path: str) -> Callable[[Problem, float], Runner]:
         device = next(module.parameters()).device
         case = problem.case
         chosen = fused_rnn.choose_path(module.mode, module.hidden_size, module.proj_size, case.torch_dtype,
-                                       on_rocm(device), device_sms(device))
+                                       device_sms(device), device_shared(device))
         return Runner(forward, list(module.parameters()), note="dispatcher's choice" if chosen == path else "")
 
     return build
