@@ -108,6 +108,22 @@ def w_placement(ttgir: str, weights: str = "%w") -> Placement:
     return Placement(in_loop, before, shared)
 
 
+_GLOBAL_STORES = ("tt.store ", "amdg.buffer_store ")
+
+
+def loop_accesses(ttgir: str, argument: str) -> int:
+    """Global loads and stores inside the time loop whose address derives from the kernel ``argument`` (for a
+    state kept in registers across steps: 0)."""
+    lines = ttgir.splitlines()
+    defs = _definitions(lines)
+    found = 0
+    for i in _time_loop(lines):
+        op = next((op for op in _GLOBAL_LOADS + _GLOBAL_STORES if op in lines[i]), None)
+        if op is not None and _reaches(_NAME.findall(lines[i].split(op, 1)[1])[0], argument, defs):
+            found += 1
+    return found
+
+
 def placements(case, target: str) -> dict[tuple[str, bool], str]:
     """(kernel, weight-stationary plan?) -> where W_hh lives (``str(Placement)``, " / " between configurations that
     differ) for every sequence-kernel configuration the launchers pick for ``case`` (a compile report Case) on
@@ -124,3 +140,23 @@ def placements(case, target: str) -> dict[tuple[str, bool], str]:
         resident = dict(config.constexprs)["KP"] > 0
         found.setdefault((config.kernel, resident), set()).add(str(w_placement(compiled.asm["ttgir"])))
     return {k: " / ".join(sorted(v)) for k, v in found.items()}
+
+
+def state_accesses(case, target: str) -> dict[tuple[str, bool], set[tuple[int, ...]]]:
+    """(kernel, weight-stationary plan?) -> the global loads and stores in the time loop (``loop_accesses``) of
+    the state buffers a program owns (forward: cbuf; backward: dhbuf, dcbuf), one tuple per configuration the
+    launchers pick for ``case`` on ``target``. Compiles for real, as ``placements``."""
+    import triton
+
+    from . import compile_report as cr
+
+    found: dict[tuple[str, bool], set[tuple[int, ...]]] = {}
+    for config, _ in cr.capture(case, [target]):
+        if not config.kernel.startswith("sequence"):
+            continue
+        ttgir = triton.compile(cr.source(config), target=cr.TARGETS[target].gpu,
+                               options=dict(config.options)).asm["ttgir"]
+        states = ("%cbuf",) if config.kernel == "sequence_fwd_kernel" else ("%dhbuf", "%dcbuf")
+        key = (config.kernel, dict(config.constexprs)["KP"] > 0)
+        found.setdefault(key, set()).add(tuple(loop_accesses(ttgir, s) for s in states))
+    return found

@@ -146,22 +146,22 @@ def _resident_slice(w, col0, ncols, K, R, KP: tl.constexpr, BLOCK_H: tl.constexp
 
 
 @triton.jit
-def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_row0, cols, ncols,
+def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_rows, w_real,
                   w_res, KP: tl.constexpr,
                   ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(BLOCK_B, BLOCK_H) block of A[a_rows, a_col0 : a_col0 + K] @ W[w_row0 + cols, :K]^T.
+                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_B, BLOCK_N) block of A[a_rows, a_col0 : a_col0 + K] @ W[w_rows, :K]^T.
 
     A is contiguous with rows ``a_width`` wide and ``a_rows`` the int64 row
-    index of each of the block's rows (as ``_at``); ``cols`` run over
-    0..BLOCK_H and only the first ``ncols`` are real.
+    index of each of the block's rows (as ``_at``); ``w_rows`` are the BLOCK_N
+    (int64) rows of W that make the block's columns, real where ``w_real``.
 
-    With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_H) tile that
-    ``_resident_slice`` loaded before the time loop (KP: K padded to a power of
-    two), and one product over the whole reduction width reads only A. With KP
-    = 0 W is streamed from ``w``, addressed as W[r, k] = w + r * s_wr + k *
-    s_wk (the same code multiplies by W_hh^T forward or, with the strides
-    swapped, by W_hh backward), by (BLOCK_K x BLOCK_H) blocks.
+    With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_N) tile loaded
+    before the time loop (KP: K padded to a power of two), and one product over
+    the whole reduction width reads only A. With KP = 0 W is streamed from
+    ``w``, addressed as W[r, k] = w + r * s_wr + k * s_wk (the same code
+    multiplies by W_hh^T forward or, with the strides swapped, by W_hh
+    backward), by (BLOCK_K x BLOCK_N) blocks.
     """
     if KP > 0:
         kk = tl.arange(0, KP)
@@ -175,7 +175,7 @@ def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_row0, c
             wt = wt.to(tl.float32)
         acc = tl.dot(x, wt, input_precision=DOT_PREC, out_dtype=ACC)
     else:
-        acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+        acc = tl.zeros((BLOCK_B, BLOCK_N), ACC)
         for k0 in range(0, K, BLOCK_K):
             kk = tl.arange(0, BLOCK_K)
             ks = k0 + kk
@@ -187,8 +187,8 @@ def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_row0, c
                         mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
             # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
             w_k = w + tl.cast(k0, tl.int64) * s_wk
-            wt = tl.load(w_k + (w_row0 + cols)[None, :] * s_wr + kk[:, None] * s_wk,
-                         mask=kmask[:, None] & (cols < ncols)[None, :], other=0.0)
+            wt = tl.load(w_k + w_rows[None, :] * s_wr + kk[:, None] * s_wk, mask=kmask[:, None] & w_real[None, :],
+                         other=0.0)
             x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
             if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
                 x = x.to(tl.float32)
@@ -198,58 +198,47 @@ def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_row0, c
 
 
 @triton.jit
-def _resident_gates(w, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr,
-                    BLOCK_H: tl.constexpr):
-    """A program's rows of W_hh (G, R) for the units [h_lo, h_lo + BLOCK_H), every gate side by side: the
-    (KP, BLOCK_H * GATES_P2) tile whose column n holds gate n % GATES_P2 of unit h_lo + n // GATES_P2 (zero past
-    the cell's gates, H and R), loaded before the time loop and kept on chip (KP > 0); 0 when KP is 0.
+def _gate_rows(j, H, CELL: tl.constexpr, GATES_P2: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The rows of W_hh (G, R) for the units [j, j + BLOCK_H), every gate side by side: column n of a gate
+    product is gate n % GATES_P2 of unit j + n // GATES_P2. Returns the rows (int64) and whether each is real
+    (past H, and the GRU's padding fourth gate, are not).
 
     Side by side, the gates make one product N = BLOCK_H * GATES_P2 wide, which Triton spreads over the warps
     (N = 16 per gate would leave most warps holding copies of the same W)."""
+    n = tl.arange(0, BLOCK_H * GATES_P2)
+    unit, gate = j + n // GATES_P2, n % GATES_P2
+    return gate.to(tl.int64) * H + unit, (unit < H) & ((gate < 3) | (CELL != 1))
+
+
+@triton.jit
+def _resident_gates(w, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr,
+                    BLOCK_H: tl.constexpr):
+    """A program's rows of W_hh (G, R) for the units [h_lo, h_lo + BLOCK_H), side by side (``_gate_rows``): the
+    (KP, BLOCK_H * GATES_P2) tile, zero past the real rows and R, loaded before the time loop and kept on chip
+    (KP > 0); 0 when KP is 0."""
     if KP > 0:
-        n = tl.arange(0, BLOCK_H * GATES_P2)
-        unit, gate = h_lo + n // GATES_P2, n % GATES_P2
+        row, real = _gate_rows(h_lo, H, CELL, GATES_P2, BLOCK_H)
         kk = tl.arange(0, KP)
-        row = gate.to(tl.int64) * H + unit
-        real = (unit < H) & ((gate < 3) | (CELL != 1))  # GRU pads its 3 gates to 4
-        return tl.load(w + row[None, :] * R + kk[:, None], mask=(kk < R)[:, None] & real[None, :],
-                       other=0.0)
+        return tl.load(w + row[None, :] * R + kk[:, None], mask=(kk < R)[:, None] & real[None, :], other=0.0)
     else:
         return 0
 
 
 @triton.jit
-def _gate_products(h_cur, rows, rmask, w, w_gates, j, cols, H, R,
+def _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R,
                    CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
                    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The recurrent part h_{t-1} W_hh^T of each gate for the units [j, j + BLOCK_H): four (BLOCK_B, BLOCK_H)
-    blocks (the cell's gates in order; the rest are the first repeated and unused).
-
-    Resident (KP > 0): one product with the side-by-side tile of ``_resident_gates``, split into gates. Streamed:
-    one ``_matmul_block`` per gate."""
-    if KP > 0:
-        both = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, 0, cols, 0,
-                             w_gates, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
-        if GATES_P2 == 1:
-            q0 = both
-            q1, q2, q3 = q0, q0, q0
-        else:  # columns (unit, gate) with gate = 2 * a + b: split b, then a
-            even, odd = tl.split(tl.reshape(both, (BLOCK_B, BLOCK_H, 2, 2)))
-            q0, q2 = tl.split(even)
-            q1, q3 = tl.split(odd)
+    """The recurrent part h_{t-1} W_hh^T of each gate for the units [j, j + BLOCK_H): one product over the gates
+    side by side (``_gate_rows``; resident: the tile of ``_resident_gates``), split into four (BLOCK_B, BLOCK_H)
+    blocks (the cell's gates in order; the rest unused)."""
+    w_rows, real = _gate_rows(j, H, CELL, GATES_P2, BLOCK_H)
+    both = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, w_rows, real,
+                         w_gates, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
+    if GATES_P2 == 1:
+        q0, q1, q2, q3 = both, both, both, both
     else:
-        q0 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, j, cols, H - j,
-                           0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-        q1, q2, q3 = q0, q0, q0
-        if CELL <= 1:
-            q1 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, H + j, cols, H - j,
-                               0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            q2 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, 2 * H + j, cols,
-                               H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-        if CELL == 0:
-            q3 = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, 3 * H + j, cols,
-                               H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+        q0, q1, q2, q3 = _split_gates(tl.reshape(both, (BLOCK_B, BLOCK_H, 4)), BLOCK_B, BLOCK_H)
     return q0, q1, q2, q3
 
 
@@ -258,6 +247,42 @@ def _at(ptr, index, width, col0, cols):
     """Pointers of a (BLOCK_B, BLOCK_H) block of a contiguous tensor whose rows are ``width`` wide: row index[i]
     (int64: ``rows`` of a (B, width) state, ``t * B + rows`` of a (T, B, width) sequence), columns col0 + cols."""
     return ptr + index[:, None] * width + (col0 + cols)[None, :]
+
+
+@triton.jit
+def _split_gates(x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, BLOCK_H, 4) block whose last axis is the gate."""
+    even, odd = tl.split(tl.reshape(x, (BLOCK_B, BLOCK_H, 2, 2)))  # gate 2 a + b: split b, then a
+    q0, q2 = tl.split(even)
+    q1, q3 = tl.split(odd)
+    return q0, q1, q2, q3
+
+
+@triton.jit
+def _gate_pointers(ptr, index, width, H, j, cols):
+    """Pointers of a (BLOCK_B, BLOCK_H, 4) block, gates as its last axis: gate g of unit j + col in the rows
+    ``index`` of a tensor whose rows are ``width`` wide and hold gate g's units at columns g * H..."""
+    g = tl.arange(0, 4).to(tl.int64)
+    return ptr + index[:, None, None] * width + (g * H)[None, None, :] + (j + cols)[None, :, None]
+
+
+@triton.jit
+def _load_gates(ptr, index, width, H, j, cols, mask, GATES: tl.constexpr, ACC: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Gates 0..GATES-1 of a (BLOCK_B, BLOCK_H) block (``_gate_pointers``) in one load, as four blocks in ACC
+    (zeros past GATES and where ``mask`` is off)."""
+    g = tl.arange(0, 4)
+    x = tl.load(_gate_pointers(ptr, index, width, H, j, cols), mask=mask[:, :, None] & (g < GATES)[None, None, :],
+                other=0.0)
+    return _split_gates(x.to(ACC), BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def _store_gates(ptr, index, width, H, j, cols, mask, q0, q1, q2, q3):
+    """Store four gate blocks (``_gate_pointers``) in one store."""
+    x = tl.join(tl.join(q0, q2), tl.join(q1, q3))  # [.., a, b] = gate 2 a + b
+    tl.store(_gate_pointers(ptr, index, width, H, j, cols), tl.reshape(x, (q0.shape[0], q0.shape[1], 4)),
+             mask=mask[:, :, None])
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
@@ -327,37 +352,26 @@ def sequence_fwd_kernel(
                 h_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
             elif not HAS_PROJ:  # h has H columns
                 h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0).to(ACC)
-            q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, cols,
+            q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j,
                                             H, R, CELL, GATES_P2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if CELL == 0:
-                pre_i, pre_f, pre_g, pre_o = q0, q1, q2, q3
-                pre_i += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
-                pre_f += tl.load(_at(xp, tb, XW, H + j, cols), mask=am, other=0.0).to(ACC)
-                pre_g += tl.load(_at(xp, tb, XW, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
-                pre_o += tl.load(_at(xp, tb, XW, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                x_i, x_f, x_g, x_o = _load_gates(xp, tb, XW, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
+                pre_i, pre_f, pre_g, pre_o = q0 + x_i, q1 + x_f, q2 + x_g, q3 + x_o
                 c_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
                 h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
                 tl.store(_at(cbuf, rows, H, j, cols), tl.where(active[:, None], c, c_prev), mask=m)
                 if SAVE:
                     tl.store(_at(cs, tb, H, j, cols), c, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, j, cols), i, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, H + j, cols), f, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, 2 * H + j, cols), g, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, 3 * H + j, cols), o, mask=am)
+                    _store_gates(ws, tb, 4 * H, H, j, cols, am, i, f, g, o)
             elif CELL == 1:
                 h_r, h_z, h_n = q0, q1, q2
                 if HAS_BHN:
                     h_n += tl.load(b_hn + j + cols, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
-                x_r = tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
-                x_z = tl.load(_at(xp, tb, XW, H + j, cols), mask=am, other=0.0).to(ACC)
-                x_n = tl.load(_at(xp, tb, XW, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                x_r, x_z, x_n, _ = _load_gates(xp, tb, XW, H, j, cols, am, 3, ACC, BLOCK_B, BLOCK_H)
                 h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
                 tl.store(_at(cbuf, rows, H, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 if SAVE:
-                    tl.store(_at(ws, tb, 4 * H, j, cols), r, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, H + j, cols), z, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, 2 * H + j, cols), n, mask=am)
-                    tl.store(_at(ws, tb, 4 * H, 3 * H + j, cols), h_n, mask=am)
+                    _store_gates(ws, tb, 4 * H, H, j, cols, am, r, z, n, h_n)
             else:
                 pre = q0
                 pre += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
@@ -372,7 +386,7 @@ def sequence_fwd_kernel(
             for j in range(r_lo, r_hi if (FWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
-                h = _matmul_block(ms, tb, H, 0, rmask, H, w_hr, H, 1, j, cols, R - j,
+                h = _matmul_block(ms, tb, H, 0, rmask, H, w_hr, H, 1, j + cols, (j + cols) < R,
                                   0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0)
                 tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
@@ -465,7 +479,7 @@ def sequence_bwd_kernel(
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
             if HAS_PROJ:  # the gradient of m = o * tanh(c) is dh W_hr
-                dh = _matmul_block(dhs, tb, R, 0, rmask, R, w_hr, 1, H, j, cols, H - j,
+                dh = _matmul_block(dhs, tb, R, 0, rmask, R, w_hr, 1, H, j + cols, (j + cols) < H,
                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
                 carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
@@ -473,31 +487,23 @@ def sequence_bwd_kernel(
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if CELL == 0:
                 dc = tl.load(_at(dcbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
-                i = tl.load(_at(ws, tb, 4 * H, j, cols), mask=am, other=0.0).to(ACC)
-                f = tl.load(_at(ws, tb, 4 * H, H + j, cols), mask=am, other=0.0).to(ACC)
-                g = tl.load(_at(ws, tb, 4 * H, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
-                o = tl.load(_at(ws, tb, 4 * H, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                i, f, g, o = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
                 c_prev = tl.load(_at(cs, tpb, H, j, cols), mask=am & ~first, other=0.0)
                 c_prev += tl.load(_at(c0, rows, H, j, cols), mask=am & first, other=0.0)
                 d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
                 tl.store(_at(dcbuf, rows, H, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
-                tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_i, 0.0), mask=m)
-                tl.store(_at(dg, tb, GS, H + j, cols), tl.where(active[:, None], d_f, 0.0), mask=m)
-                tl.store(_at(dg, tb, GS, 2 * H + j, cols), tl.where(active[:, None], d_g, 0.0), mask=m)
-                tl.store(_at(dg, tb, GS, 3 * H + j, cols), tl.where(active[:, None], d_o, 0.0), mask=m)
+                a = active[:, None]
+                _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_i, 0.0), tl.where(a, d_f, 0.0),
+                             tl.where(a, d_g, 0.0), tl.where(a, d_o, 0.0))
             elif CELL == 1:
-                r = tl.load(_at(ws, tb, 4 * H, j, cols), mask=am, other=0.0).to(ACC)
-                z = tl.load(_at(ws, tb, 4 * H, H + j, cols), mask=am, other=0.0).to(ACC)
-                n = tl.load(_at(ws, tb, 4 * H, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
-                h_n = tl.load(_at(ws, tb, 4 * H, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                r, z, n, h_n = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 h_prev = tl.load(_at(y, tpb, YW, j, cols), mask=am & ~first, other=0.0)
                 h_prev += tl.load(_at(h0, rows, R, j, cols), mask=am & first, other=0.0)
                 d_r, d_z, d_xn, d_hn, direct = gru_backward(dh, h_prev.to(ACC), r, z, n, h_n)
-                tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_r, 0.0), mask=m)
-                tl.store(_at(dg, tb, GS, H + j, cols), tl.where(active[:, None], d_z, 0.0), mask=m)
-                tl.store(_at(dg, tb, GS, 2 * H + j, cols), tl.where(active[:, None], d_xn, 0.0), mask=m)
-                tl.store(_at(dg, tb, GS, 3 * H + j, cols), tl.where(active[:, None], d_hn, 0.0), mask=m)
+                a = active[:, None]
+                _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_r, 0.0), tl.where(a, d_z, 0.0),
+                             tl.where(a, d_xn, 0.0), tl.where(a, d_hn, 0.0))
             else:
                 h = tl.load(_at(y, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
                 d_pre = rnn_backward(dh, h, CELL == 3)
@@ -512,27 +518,25 @@ def sequence_bwd_kernel(
             m = rmask[:, None] & ((j + cols) < R)[None, :]
             # W_hh^T addressed as rows = hidden units (stride 1), k = gate units (stride R), against d_gates
             # (GRU: r and z, then the hidden-side n, dg's fourth block).
+            units, real = j + cols, (j + cols) < R
             if KP > 0:  # resident: one product per gate block, each with its tile held since the launch began
-                acc = _matmul_block(dg, tb, GS, 0, rmask, H, w, 1, R, j, cols, R - j,
+                acc = _matmul_block(dg, tb, GS, 0, rmask, H, w, 1, R, units, real,
                                     wb_0, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 if CELL <= 1:
-                    acc += _matmul_block(dg, tb, GS, H, rmask, H, w, 1, R, j, cols,
-                                         R - j, wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                    acc += _matmul_block(dg, tb, GS, (2 + CELL) * H, rmask, H, w, 1, R,
-                                         j, cols, R - j, wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                    acc += _matmul_block(dg, tb, GS, H, rmask, H, w, 1, R, units, real,
+                                         wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                    acc += _matmul_block(dg, tb, GS, (2 + CELL) * H, rmask, H, w, 1, R, units, real,
+                                         wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 if CELL == 0:
-                    acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w, 1, R, j, cols,
-                                         R - j, wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            elif CELL == 0:  # streamed: the reduction over every gate unit at once
-                acc = _matmul_block(dg, tb, GS, 0, rmask, 4 * H, w, 1, R, j, cols, R - j,
+                    acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w, 1, R, units, real,
+                                         wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            elif CELL == 1:  # streamed: r and z, then the hidden-side n against W_hn
+                acc = _matmul_block(dg, tb, GS, 0, rmask, 2 * H, w, 1, R, units, real,
                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            elif CELL == 1:
-                acc = _matmul_block(dg, tb, GS, 0, rmask, 2 * H, w, 1, R, j, cols, H - j,
-                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w + 2 * HR, 1, R,
-                                     j, cols, H - j, 0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            else:
-                acc = _matmul_block(dg, tb, GS, 0, rmask, H, w, 1, R, j, cols, H - j,
+                acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w + 2 * HR, 1, R, units, real,
+                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            else:  # streamed: the reduction over every gate unit at once
+                acc = _matmul_block(dg, tb, GS, 0, rmask, G * H, w, 1, R, units, real,
                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             p = _at(dhbuf, rows, R, j, cols)
             old = tl.load(p, mask=m, other=0.0)

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from fused_rnn import compile_report as cr
-from fused_rnn.ir_reads import placements
+from fused_rnn.ir_reads import placements, state_accesses
 
 
 @functools.cache
@@ -58,9 +58,23 @@ def test_streaming_kernels_read_w_hh_every_step():
 
 def test_on_gfx942_w_hh_stays_in_registers():
     """AMD (MI300): the compiler stages W_hh's slice through LDS once before the time loop and loads it into the
-    MFMA operand registers there too, so each step reads neither global memory nor LDS for W. (LSTM layers run
-    stepwise on ROCm; GRU takes the sequence kernels.)"""
+    MFMA operand registers there too, so each step reads neither global memory nor LDS for W."""
     placements = _placements(cr.Case("GRU", "float16", 128, 16, reverse=False, bias=True, tf32=True), "gfx942")
     for kernel in ("sequence_fwd_kernel", "sequence_bwd_kernel"):
         forms = set(placements[(kernel, True)].split(" / "))
         assert "resident (registers)" in forms and forms <= {"resident (registers)", "not read"}, placements
+
+
+
+@pytest.mark.parametrize("target", ["sm_90", "gfx942"])
+def test_weight_stationary_programs_keep_their_state_in_registers(target):
+    """A resident program owns its units of c (and of the dh and dc carries in backward): the time loop neither
+    loads nor stores them (they are loaded before it and stored after it); the streaming form, where a program
+    walks several blocks of units, does both every step (the other side of the check)."""
+    with cr._workers(1, None) as pool:
+        resident = pool.apply(state_accesses, (FLASHRNN, target))
+        streaming = pool.apply(state_accesses, (cr.Case("LSTM", "float32", 512, 64, False, True, False), target))
+    assert resident[("sequence_fwd_kernel", True)] == {(0,)}
+    assert resident[("sequence_bwd_kernel", True)] == {(0, 0)}
+    assert all(all(n > 0 for n in counts) for counts in streaming[("sequence_fwd_kernel", False)])
+    assert all(all(n > 0 for n in counts) for counts in streaming[("sequence_bwd_kernel", False)])
