@@ -108,7 +108,8 @@ def w_placement(ttgir: str, weights: str = "%w") -> Placement:
     return Placement(in_loop, before, shared)
 
 
-_GLOBAL_STORES = ("tt.store ", "amdg.buffer_store ")
+# Global stores, with the position of their address among the operands (AMD's buffer store: value, base[offsets]).
+_GLOBAL_STORES = {"tt.store ": 0, "amdg.buffer_store ": 1}
 
 
 def loop_accesses(ttgir: str, argument: str) -> int:
@@ -116,10 +117,11 @@ def loop_accesses(ttgir: str, argument: str) -> int:
     state kept in registers across steps: 0)."""
     lines = ttgir.splitlines()
     defs = _definitions(lines)
+    operand = {op: 0 for op in _GLOBAL_LOADS} | _GLOBAL_STORES
     found = 0
     for i in _time_loop(lines):
-        op = next((op for op in _GLOBAL_LOADS + _GLOBAL_STORES if op in lines[i]), None)
-        if op is not None and _reaches(_NAME.findall(lines[i].split(op, 1)[1])[0], argument, defs):
+        op = next((op for op in operand if op in lines[i]), None)
+        if op is not None and _reaches(_NAME.findall(lines[i].split(op, 1)[1])[operand[op]], argument, defs):
             found += 1
     return found
 

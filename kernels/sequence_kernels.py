@@ -250,6 +250,26 @@ def _at(ptr, index, width, col0, cols):
 
 
 @triton.jit
+def _own_tile(buf, rows, rmask, width, lo, KEEP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Columns [lo, lo + BLOCK_H) of a (B, width) state only this program reads and writes, loaded once per
+    launch to be carried in registers across its steps (KEEP); 0 otherwise."""
+    if KEEP:
+        cols = tl.arange(0, BLOCK_H).to(tl.int64)
+        return tl.load(_at(buf, rows, width, lo, cols), mask=rmask[:, None] & ((lo + cols) < width)[None, :],
+                       other=0.0).to(ACC)
+    else:
+        return 0
+
+
+@triton.jit
+def _put_own_tile(buf, rows, rmask, width, lo, tile, KEEP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Store the tile ``_own_tile`` loaded (and the steps updated) back at the end of the launch (KEEP)."""
+    if KEEP:
+        cols = tl.arange(0, BLOCK_H).to(tl.int64)
+        tl.store(_at(buf, rows, width, lo, cols), tile, mask=rmask[:, None] & ((lo + cols) < width)[None, :])
+
+
+@triton.jit
 def _split_gates(x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, BLOCK_H, 4) block whose last axis is the gate."""
     even, odd = tl.split(tl.reshape(x, (BLOCK_B, BLOCK_H, 2, 2)))  # gate 2 a + b: split b, then a
@@ -338,6 +358,8 @@ def sequence_fwd_kernel(
     ms += d * T * B * H
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
     w_gates = _resident_gates(w, h_lo, H, R, CELL, GATES_P2, KP, BLOCK_H)
+    # A resident program owns one block of units: their LSTM c (GRU h) stays in registers for the launch.
+    own = _own_tile(cbuf, rows, rmask, H, h_lo, KP > 0 and CELL <= 1, ACC, BLOCK_H)
     for s in range(S_BEGIN, S_END):
         h_cur = hbuf + (s % 2) * B * R
         h_nxt = hbuf + ((s + 1) % 2) * B * R
@@ -348,18 +370,22 @@ def sequence_fwd_kernel(
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
-            if CELL == 1:  # the GRU's own units of h enter its cell math from the compute-dtype state
-                h_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
-            elif not HAS_PROJ:  # h has H columns
-                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0).to(ACC)
+            if CELL <= 1:  # the state of the program's units (LSTM c, GRU h), in the compute dtype
+                if KP > 0:
+                    c_prev = own
+                else:
+                    c_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
+            if CELL == 1:
+                h_prev = c_prev
+            elif not HAS_PROJ:  # what an inactive row keeps (h has H columns)
+                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m & ~active[:, None], other=0.0).to(ACC)
             q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j,
                                             H, R, CELL, GATES_P2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if CELL == 0:
                 x_i, x_f, x_g, x_o = _load_gates(xp, tb, XW, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 pre_i, pre_f, pre_g, pre_o = q0 + x_i, q1 + x_f, q2 + x_g, q3 + x_o
-                c_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
                 h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
-                tl.store(_at(cbuf, rows, H, j, cols), tl.where(active[:, None], c, c_prev), mask=m)
+                c_next = tl.where(active[:, None], c, c_prev)
                 if SAVE:
                     tl.store(_at(cs, tb, H, j, cols), c, mask=am)
                     _store_gates(ws, tb, 4 * H, H, j, cols, am, i, f, g, o)
@@ -369,13 +395,18 @@ def sequence_fwd_kernel(
                     h_n += tl.load(b_hn + j + cols, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
                 x_r, x_z, x_n, _ = _load_gates(xp, tb, XW, H, j, cols, am, 3, ACC, BLOCK_B, BLOCK_H)
                 h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
-                tl.store(_at(cbuf, rows, H, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+                c_next = tl.where(active[:, None], h, h_prev)
                 if SAVE:
                     _store_gates(ws, tb, 4 * H, H, j, cols, am, r, z, n, h_n)
             else:
                 pre = q0
                 pre += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
                 h = rnn_forward(pre, CELL == 3)
+            if CELL <= 1:
+                if KP > 0:
+                    own = c_next
+                else:
+                    tl.store(_at(cbuf, rows, H, j, cols), c_next, mask=m)
             if HAS_PROJ:  # h = W_hr m comes after every column of m is written
                 tl.store(_at(ms, tb, H, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
             else:
@@ -392,6 +423,7 @@ def sequence_fwd_kernel(
                 tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
         _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
+    _put_own_tile(cbuf, rows, rmask, H, h_lo, own, KP > 0 and CELL <= 1, BLOCK_H)
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
@@ -456,6 +488,10 @@ def sequence_bwd_kernel(
     wb_1 = _resident_slice(w + HR, r_lo, R - r_lo, H, R, KP if CELL <= 1 else 0, BLOCK_H)
     wb_2 = _resident_slice(w + 2 * HR, r_lo, R - r_lo, H, R, KP if CELL <= 1 else 0, BLOCK_H)
     wb_3 = _resident_slice(w + 3 * HR, r_lo, R - r_lo, H, R, KP if CELL == 0 else 0, BLOCK_H)
+    # A resident program owns one block of units (of h and c alike): their carries stay in registers (the dh
+    # carry without a projection, whose phase P zeroes it for the other programs' columns of R).
+    own_dh = _own_tile(dhbuf, rows, rmask, R, r_lo, KP > 0 and not HAS_PROJ, ACC, BLOCK_H)
+    own_dc = _own_tile(dcbuf, rows, rmask, H, h_lo, KP > 0 and CELL == 0, ACC, BLOCK_H)
     for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
         t, active = _step_rows(s, lens, rev)
@@ -482,17 +518,26 @@ def sequence_bwd_kernel(
                 dh = _matmul_block(dhs, tb, R, 0, rmask, R, w_hr, 1, H, j + cols, (j + cols) < H,
                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
-                carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
+                if KP > 0:
+                    carry = own_dh
+                else:
+                    carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if CELL == 0:
-                dc = tl.load(_at(dcbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
+                if KP > 0:
+                    dc = own_dc
+                else:
+                    dc = tl.load(_at(dcbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
                 i, f, g, o = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
                 c_prev = tl.load(_at(cs, tpb, H, j, cols), mask=am & ~first, other=0.0)
                 c_prev += tl.load(_at(c0, rows, H, j, cols), mask=am & first, other=0.0)
                 d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
-                tl.store(_at(dcbuf, rows, H, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
+                if KP > 0:
+                    own_dc = tl.where(active[:, None], dc_prev, dc)
+                else:
+                    tl.store(_at(dcbuf, rows, H, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
                 a = active[:, None]
                 _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_i, 0.0), tl.where(a, d_f, 0.0),
                              tl.where(a, d_g, 0.0), tl.where(a, d_o, 0.0))
@@ -510,7 +555,10 @@ def sequence_bwd_kernel(
                 tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
             if not HAS_PROJ:  # the carry of an inactive row passes through unchanged
                 nxt = tl.where(active[:, None], direct, carry)
-                tl.store(_at(dhbuf, rows, R, j, cols), nxt, mask=m)
+                if KP > 0:
+                    own_dh = nxt
+                else:
+                    tl.store(_at(dhbuf, rows, R, j, cols), nxt, mask=m)
         _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
         # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
@@ -538,10 +586,15 @@ def sequence_bwd_kernel(
             else:  # streamed: the reduction over every gate unit at once
                 acc = _matmul_block(dg, tb, GS, 0, rmask, G * H, w, 1, R, units, real,
                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            p = _at(dhbuf, rows, R, j, cols)
-            old = tl.load(p, mask=m, other=0.0)
-            tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
+            if KP > 0 and not HAS_PROJ:
+                own_dh += tl.where(active[:, None], acc, 0.0)
+            else:
+                p = _at(dhbuf, rows, R, j, cols)
+                old = tl.load(p, mask=m, other=0.0)
+                tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
         tl.debug_barrier()
+    _put_own_tile(dhbuf, rows, rmask, R, r_lo, own_dh, KP > 0 and not HAS_PROJ, BLOCK_H)
+    _put_own_tile(dcbuf, rows, rmask, H, h_lo, own_dc, KP > 0 and CELL == 0, BLOCK_H)
 
 
 # ----------------------------------------------------------------------------

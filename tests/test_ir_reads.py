@@ -66,15 +66,18 @@ def test_on_gfx942_w_hh_stays_in_registers():
 
 
 
-@pytest.mark.parametrize("target", ["sm_90", "gfx942"])
-def test_weight_stationary_programs_keep_their_state_in_registers(target):
+@pytest.mark.parametrize(("case", "target"), [
+    (FLASHRNN, "sm_90"), (cr.Case("LSTM", "float16", 128, 16, reverse=False, bias=True, tf32=True), "gfx942"),
+], ids=lambda v: str(v))
+def test_weight_stationary_programs_keep_their_state_in_registers(case, target):
     """A resident program owns its units of c (and of the dh and dc carries in backward): the time loop neither
     loads nor stores them (they are loaded before it and stored after it); the streaming form, where a program
-    walks several blocks of units, does both every step (the other side of the check)."""
+    walks several blocks of units, does both every step (the other side of the check; a per-step launch of one
+    phase touches only the buffers of that phase)."""
     with cr._workers(1, None) as pool:
-        resident = pool.apply(state_accesses, (FLASHRNN, target))
+        resident = pool.apply(state_accesses, (case, target))
         streaming = pool.apply(state_accesses, (cr.Case("LSTM", "float32", 512, 64, False, True, False), target))
     assert resident[("sequence_fwd_kernel", True)] == {(0,)}
     assert resident[("sequence_bwd_kernel", True)] == {(0, 0)}
-    assert all(all(n > 0 for n in counts) for counts in streaming[("sequence_fwd_kernel", False)])
-    assert all(all(n > 0 for n in counts) for counts in streaming[("sequence_bwd_kernel", False)])
+    for kernel in ("sequence_fwd_kernel", "sequence_bwd_kernel"):  # the one-launch form runs every phase
+        assert any(all(n > 0 for n in counts) for counts in streaming[(kernel, False)]), streaming
