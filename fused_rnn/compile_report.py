@@ -55,7 +55,7 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-from .dispatch import choose_path, force_path, sequence_plan
+from .dispatch import resident_budget, sequence_plan
 from .kernels import cell_kernels, sequence_kernels
 from .ir_reads import w_placement
 from .kernels.launch import interpreting
@@ -263,8 +263,8 @@ SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
 
 
 def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
-    """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs and ``shared`` bytes of
-    shared memory per program: forward without saving (inference), forward saving the gates, then backward on
+    """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs whose weight-stationary
+    programs may keep ``shared`` bytes on chip (``dispatch.resident_budget``): forward without saving (inference), forward saving the gates, then backward on
     its outputs; under the dispatcher's plan and, when that has several slices, also one launch per step and
     phase (the form for a grid the GPU cannot hold). A reverse case is one direction in reverse; a forward case
     is a bidirectional layer (both directions in one launch where the plan says so: its grid is the one whose
@@ -340,7 +340,8 @@ def capture(case: Case, targets: Sequence[str]) -> list[tuple[Config, int]]:
             configs += [(_specialise(k, args, kw, t), 0) for k, _, args, kw in cell_launches for t in on_backend]
             for t in on_backend:  # every case: the dispatcher can send any layer to the sequence kernels
                 with _recorded_launches() as sequence_launches:
-                    _call_sequence_launchers(case, TARGETS[t].sms, TARGETS[t].shared_limit)
+                    budget = resident_budget(TARGETS[t].shared_limit, TARGETS[t].backend == "hip")
+                    _call_sequence_launchers(case, TARGETS[t].sms, budget)
                 configs += [
                     (_specialise(k, args, kw, t), grid[0] * grid[1] if kw["BARRIER"] else 0)
                     for k, grid, args, kw in sequence_launches

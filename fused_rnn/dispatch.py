@@ -67,11 +67,17 @@ REFERENCE_SMS = 132
 # less a margin for the kernel's own scratch (read from the compiled kernels: at most 1 KB).
 REFERENCE_SHARED = 232448
 SHARED_MARGIN = 2048
+# AMD (gfx942): the compiled code keeps a resident program's W_hh slice in VGPRs (MFMA operands), not in LDS
+# (docs/sequence-kernels.md), and the full compile grid spilled VGPRs to scratch past 32 KB of slice and h tile
+# (LSTM fp16 at KP = 256 and LSTM fp32 at KP = 128, 40 KB each), whatever the LDS: the most a resident program
+# may keep on chip there (with the margin).
+AMD_RESIDENT_BYTES = 32 * 1024 + SHARED_MARGIN
 # Units per weight-stationary program: tl.dot's smallest N.
 RESIDENT_BLOCK_H = 16
 # Batch tile heights a weight-stationary plan weighs: more rows keep fewer copies of W but read more h per program.
-# Only 16 for now: with 32 or 64 rows the resident backward kernel spills on sm_80 and sm_90 (compile report,
-# e.g. GRU fp16 H = 512); ``force_path(resident=True, rows=...)`` still runs them (tested in the interpreter).
+# Only 16 for now: with 32 or 64 rows the resident backward kernel spills for some cells on sm_80 and sm_90 (LSTM
+# bf16 H = 768, docs/sequence-kernels.md); ``force_path(resident=True, rows=...)`` still runs them (tested in the
+# interpreter).
 RESIDENT_ROWS = (16,)
 # Sequence programs held per SM that the plans count on: 8 warps of at most 255 registers fill an SM's 64K
 # registers exactly, so one always fits (the launcher checks the compiled kernel before a one-launch grid).
@@ -258,11 +264,19 @@ def device_sms(device: torch.device) -> int:
     return REFERENCE_SMS
 
 
+def resident_budget(shared: int, rocm: bool) -> int:
+    """The ``shared`` the plans take: the bytes a weight-stationary program may keep on chip, the shared memory one
+    program may have (NVIDIA) or, on AMD, where W lives in registers, at most AMD_RESIDENT_BYTES."""
+    return min(shared, AMD_RESIDENT_BYTES) if rocm else shared
+
+
 def device_shared(device: torch.device) -> int:
-    """Shared memory (LDS) one program may have on a GPU device; REFERENCE_SHARED for any other device."""
+    """The on-chip bytes of a weight-stationary program (``resident_budget``) on a GPU device, from the shared
+    memory (LDS) one program may have; REFERENCE_SHARED for any other device."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
+        shared = getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
+        return resident_budget(shared, torch.version.hip is not None)
     return REFERENCE_SHARED
 
 

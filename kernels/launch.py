@@ -141,6 +141,8 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> 
     have. Products that do not run on tensor cores (fp64, and fp32 without
     TF32) are computed with FMAs from operands held in registers: they take
     16-wide blocks (32-wide ones need 250 registers for the LSTM, and spill).
+    On AMD GPUs every product takes 16-wide blocks (MFMA's 16 x 16 tiles): the
+    32-wide ones of the LSTM with a projection spilled VGPRs on gfx942.
 
     Registers: for 256 threads ptxas caps a kernel at 128 registers per thread
     (two programs per SM) unless told otherwise, and the per-step addresses of
@@ -151,7 +153,7 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> 
     128). ``fused_rnn.compile_report`` checks every configuration for spills.
     """
     on_fma_units = dtype == torch.float64 or (dtype == torch.float32 and not tf32)
-    widest = 16 if on_fma_units else 32
+    widest = 16 if on_fma_units or torch.version.hip is not None else 32
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)
     return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8, max_registers=255)
 

@@ -7,7 +7,8 @@ import torch
 
 from fused_rnn import dispatch
 from fused_rnn.dispatch import (
-    choose_path, force_path, make_plan, predicted_steps, recurrent_weight_bytes, sequence_plan, sequence_step_seconds,
+    AMD_RESIDENT_BYTES, choose_path, force_path, make_plan, predicted_steps, recurrent_weight_bytes, resident_budget,
+    sequence_plan, sequence_step_seconds,
 )
 
 
@@ -148,6 +149,18 @@ def test_force_path():
     with force_path("sequence", slices=5):
         assert sequence_plan("LSTM", 64, 512, 0, torch.float32).slices == 5
     assert sequence_plan("LSTM", 64, 512, 0, torch.float32).slices != 5
+
+
+def test_amd_keeps_w_on_chip_only_within_its_register_budget():
+    """On AMD a resident W_hh slice lives in VGPRs, not LDS (tests/test_ir_reads.py), and the full gfx942 compile
+    grid spilled past 32 KB of slice and h tile: plans there keep W on chip only within AMD_RESIDENT_BYTES,
+    whatever the LDS (LSTM fp16 B = 16: H = 128 takes 20 KB, resident; H = 256 takes 40 KB, which 64 KB of LDS
+    would hold, streamed)."""
+    amd, nvidia = resident_budget(64 * 1024, rocm=True), resident_budget(232448, rocm=False)
+    assert (amd, nvidia) == (AMD_RESIDENT_BYTES, 232448)
+    assert sequence_plan("LSTM", 16, 128, 0, torch.float16, sms=304, shared=amd).resident
+    assert not sequence_plan("LSTM", 16, 256, 0, torch.float16, sms=304, shared=amd).resident
+    assert sequence_plan("LSTM", 16, 256, 0, torch.float16, sms=304, shared=64 * 1024).resident
 
 
 def test_the_model_counts_the_projection_and_the_resident_weights(monkeypatch):

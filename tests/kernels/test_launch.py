@@ -49,6 +49,16 @@ def test_poisoned_outputs_start_as_nan(device):
         assert new_output(like, (2, 3)).shape == (2, 3)
 
 
+@pytest.mark.parametrize(("hip", "widest"), [(None, 32), ("6.0", 16)], ids=["cuda", "rocm"])
+def test_sequence_blocks_on_amd_are_16_wide(monkeypatch, hip, widest):
+    """Tensor-core products take 32-wide blocks on NVIDIA; on AMD 16 (the 32-wide LSTM with a projection spilled
+    VGPRs on gfx942); FMA products take 16 on both."""
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert sequence_blocks(64, 1000, torch.float16, tf32=True).block_h == widest
+    assert sequence_blocks(64, 1000, torch.float32, tf32=True).block_h == widest
+    assert sequence_blocks(64, 1000, torch.float64, tf32=True).block_h == 16
+
+
 @pytest.mark.parametrize(("hip", "maxnreg"), [(None, 255), ("6.0", None)], ids=["cuda", "rocm"])
 def test_step_kernel_options_follow_the_backend(monkeypatch, hip, maxnreg):
     """8 warps; on NVIDIA every register a thread can have (ptxas would cap 256 threads at 128 and spill, the
