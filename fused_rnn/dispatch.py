@@ -100,7 +100,7 @@ def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int
               directions: int = 1) -> SequencePlan:
     """The streaming plan with ``slices`` programs per batch tile, ``directions`` directions a launch; one launch
     when the programs run concurrently (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
-    blocks = sequence_blocks(batch, hidden, dtype, tf32_products(dtype))
+    blocks = sequence_blocks(batch, hidden, dtype)
     fits = directions * triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
     return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), directions=directions)
 
@@ -109,7 +109,7 @@ def resident_plan(batch: int, hidden: int, dtype: torch.dtype, sms: int, concurr
                   rows: int = RESIDENT_ROWS[0], directions: int = 1) -> SequencePlan:
     """The weight-stationary plan: batch tiles of ``rows`` rows, each split into programs of RESIDENT_BLOCK_H
     units that keep their slice of W_hh on chip; directions and one launch as for ``make_plan``."""
-    blocks = dataclasses.replace(sequence_blocks(batch, hidden, dtype, tf32_products(dtype)), block_b=rows,
+    blocks = dataclasses.replace(sequence_blocks(batch, hidden, dtype), block_b=rows,
                                  block_h=RESIDENT_BLOCK_H, block_k=RESIDENT_BLOCK_H)
     slices = triton.cdiv(max(hidden, 1), RESIDENT_BLOCK_H)
     fits = directions * triton.cdiv(batch, rows) * slices <= sms * PROGRAMS_PER_SM
@@ -197,7 +197,7 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     Cached: the layers ask at every call. ``tf32`` (which ``sequence_blocks``
     reads through ``tf32_products``) is part of the key only so that the cache follows the switch.
     """
-    block_h = sequence_blocks(batch, hidden_size, dtype, tf32).block_h
+    block_h = sequence_blocks(batch, hidden_size, dtype).block_h
     plans = []
     for together in sorted({1, directions}):
         plans += [make_plan(batch, hidden_size, dtype, n, sms, True, together)

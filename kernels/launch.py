@@ -128,9 +128,8 @@ class SequenceBlocks:
     max_registers: int
 
 
-def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> SequenceBlocks:
-    """Tile for the sequence kernels, a pure function of batch, hidden size, dtype and whether fp32
-    products use TF32.
+def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype) -> SequenceBlocks:
+    """Tile for the sequence kernels, a pure function of batch, hidden size and dtype (and the backend).
 
     Each program re-reads all of W_hh every step through its SM's share of L2
     bandwidth, so a step takes about the same time whatever the tile's rows:
@@ -141,8 +140,12 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> 
     have. Products that do not run on tensor cores (fp64, and fp32 without
     TF32) are computed with FMAs from operands held in registers: they take
     16-wide blocks (32-wide ones need 250 registers for the LSTM, and spill).
-    On AMD GPUs every product takes 16-wide blocks (MFMA's 16 x 16 tiles): the
-    32-wide ones of the LSTM with a projection spilled VGPRs on gfx942.
+    TF32 products take 16-wide blocks too: with the gates side by side in one
+    product a 32-wide block is a (32 x 128) fp32 W tile, and the GRU and the
+    LSTM with a projection spilled on sm_90 (8 to 24 B). On AMD GPUs every
+    product takes 16-wide blocks (MFMA's 16 x 16 tiles): the 32-wide ones of
+    the LSTM with a projection spilled VGPRs on gfx942. 32-wide blocks remain
+    for half types on NVIDIA.
 
     Registers: for 256 threads ptxas caps a kernel at 128 registers per thread
     (two programs per SM) unless told otherwise, and the per-step addresses of
@@ -152,8 +155,7 @@ def sequence_blocks(batch: int, hidden: int, dtype: torch.dtype, tf32: bool) -> 
     255 registers (one 256-thread program per SM when they need more than
     128). ``fused_rnn.compile_report`` checks every configuration for spills.
     """
-    on_fma_units = dtype == torch.float64 or (dtype == torch.float32 and not tf32)
-    widest = 16 if on_fma_units or torch.version.hip is not None else 32
+    widest = 16 if dtype.itemsize > 2 or torch.version.hip is not None else 32
     block_h = min(max(16, triton.next_power_of_2(max(hidden, 1))), widest)
     return SequenceBlocks(block_b=16, block_h=block_h, block_k=block_h, num_warps=8, max_registers=255)
 

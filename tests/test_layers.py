@@ -218,20 +218,21 @@ def test_lstm_proj_size(kind, config, device):
 
 # ----------------------------------------------------------------------------
 # Tile-crossing shapes: every sequence kernel runs several batch programs and several column and reduction
-# blocks, in each dtype whose tile differs (fp64 and IEEE fp32: 16 wide; TF32 fp32 and half types: 32 wide).
+# blocks, in each dtype whose plans differ (fp64 and IEEE fp32: FMA products, streamed; TF32 fp32: tensor-core
+# products, which a plan may keep on chip). All three take 16-wide blocks (32 only for half types).
 # ----------------------------------------------------------------------------
 TILE_DTYPES = [(torch.float64, False), (torch.float32, False), (torch.float32, True)]
 TILE_CELLS = ["LSTM", "LSTM_proj", "GRU", "RNN_TANH", "RNN_RELU"]
 
 
-def tile_crossing_sizes(dtype, tf32: bool, proj: bool) -> tuple[int, int, int]:
+def tile_crossing_sizes(dtype, proj: bool) -> tuple[int, int, int]:
     """(batch, hidden, proj_size or 0) giving >= 2 batch programs and >= 3 column blocks (and reduction blocks)
     over both H and the projection, the last block of each partly masked, from ``sequence_blocks``."""
-    widest = sequence_blocks(4096, 4096, dtype, tf32)
+    widest = sequence_blocks(4096, 4096, dtype)
     batch = widest.block_b + 3
     width = 2 * widest.block_h + 1
     hidden, proj_size = (width + 4, width) if proj else (width, 0)
-    tile = sequence_blocks(batch, hidden, dtype, tf32)
+    tile = sequence_blocks(batch, hidden, dtype)
     assert triton.cdiv(batch, tile.block_b) >= 2
     assert min(hidden, proj_size or hidden) > 2 * tile.block_h and tile.block_k == tile.block_h
     return batch, hidden, proj_size
@@ -243,7 +244,7 @@ def test_tile_crossing_shapes(cell, dtype, tf32, device, monkeypatch):
     """Packed unsorted lengths (spread over both batch programs), two bidirectional layers, h0/c0: the output,
     final states and every gradient against float64 torch.nn."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
-    check_packed_bidirectional(cell, tile_crossing_sizes(dtype, tf32, cell == "LSTM_proj"), dtype, device)
+    check_packed_bidirectional(cell, tile_crossing_sizes(dtype, cell == "LSTM_proj"), dtype, device)
 
 
 def check_packed_bidirectional(cell: str, sizes: tuple[int, int, int], dtype, device, slices=None,
@@ -265,10 +266,10 @@ def check_packed_bidirectional(cell: str, sizes: tuple[int, int, int], dtype, de
 SLICES = 3
 
 
-def hidden_split_sizes(dtype, tf32: bool, proj: bool) -> tuple[int, int, int]:
+def hidden_split_sizes(dtype, proj: bool) -> tuple[int, int, int]:
     """(batch, hidden, proj_size or 0): 2 batch tiles, and H (and the projection) over SLICES programs of 2
     column blocks each, the last block partly masked; from ``sequence_blocks`` and the plan's slice width."""
-    tile = sequence_blocks(4096, 4096, dtype, tf32)
+    tile = sequence_blocks(4096, 4096, dtype)
     batch = tile.block_b + 3
     width = (2 * SLICES - 1) * tile.block_h + 1
     # With a projection, H and P as far apart as the slices allow: code that walks one's slice in place of the
@@ -288,7 +289,7 @@ def test_hidden_split_shapes(cell, dtype, device, monkeypatch):
     packed unsorted lengths over both batch tiles, two bidirectional layers, h0/c0, output, final states and
     every gradient."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    sizes = hidden_split_sizes(dtype, False, cell == "LSTM_proj")
+    sizes = hidden_split_sizes(dtype, cell == "LSTM_proj")
     check_packed_bidirectional(cell, sizes, dtype, device, slices=SLICES)
 
 
@@ -498,7 +499,7 @@ def test_classic_size(size, cell, dtype, tf32, device, monkeypatch):
     TF32 mode (cuDNN follows torch.backends.cudnn.allow_tf32, and so do the kernels)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     sz = SIZES[size]
-    tile = sequence_blocks(sz["batch"], sz["hidden"], dtype, tf32)
+    tile = sequence_blocks(sz["batch"], sz["hidden"], dtype)
     assert triton.cdiv(sz["batch"], tile.block_b) >= 2 and triton.cdiv(sz["hidden"], tile.block_h) >= 2
     inputs = Inputs("batched", False, device, seq_len=sz["seq_len"], batch=sz["batch"], input_size=sz["input_size"])
     check_against_torch(cell, inputs, dtype, device, hidden=sz["hidden"])

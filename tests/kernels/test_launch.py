@@ -23,12 +23,13 @@ def test_cell_blocks_are_powers_of_two_within_budget():
 
 
 def test_sequence_blocks_stay_within_16_and_32():
+    """Half types up to 32 wide on NVIDIA; fp32 (TF32 or FMA) and fp64 16 wide."""
     for b, h in itertools.product([1, 16, 1000], [1, 17, 64, 2048]):
-        blocks = sequence_blocks(b, h, torch.bfloat16, tf32=False)
+        blocks = sequence_blocks(b, h, torch.bfloat16)
         assert blocks.block_b == 16 and 16 <= blocks.block_h == blocks.block_k <= 32
-        assert sequence_blocks(b, h, torch.float32, tf32=True) == blocks
-        for dtype in (torch.float64, torch.float32):  # products on FMA units, not tensor cores
-            assert sequence_blocks(b, h, dtype, tf32=False).block_h == 16
+        assert sequence_blocks(b, h, torch.float16) == blocks
+        for dtype in (torch.float64, torch.float32):
+            assert sequence_blocks(b, h, dtype).block_h == 16
 
 
 def test_launches_are_counted_and_empty_grids_skipped(device):
@@ -51,12 +52,11 @@ def test_poisoned_outputs_start_as_nan(device):
 
 @pytest.mark.parametrize(("hip", "widest"), [(None, 32), ("6.0", 16)], ids=["cuda", "rocm"])
 def test_sequence_blocks_on_amd_are_16_wide(monkeypatch, hip, widest):
-    """Tensor-core products take 32-wide blocks on NVIDIA; on AMD 16 (the 32-wide LSTM with a projection spilled
-    VGPRs on gfx942); FMA products take 16 on both."""
+    """Half types take 32-wide blocks on NVIDIA; on AMD 16 (the 32-wide LSTM with a projection spilled VGPRs on
+    gfx942)."""
     monkeypatch.setattr(torch.version, "hip", hip)
-    assert sequence_blocks(64, 1000, torch.float16, tf32=True).block_h == widest
-    assert sequence_blocks(64, 1000, torch.float32, tf32=True).block_h == widest
-    assert sequence_blocks(64, 1000, torch.float64, tf32=True).block_h == 16
+    assert sequence_blocks(64, 1000, torch.float16).block_h == widest
+    assert sequence_blocks(64, 1000, torch.bfloat16).block_h == widest
 
 
 @pytest.mark.parametrize(("hip", "maxnreg"), [(None, 255), ("6.0", None)], ids=["cuda", "rocm"])
