@@ -167,7 +167,8 @@ def test_the_model_counts_the_projection_and_the_resident_weights(monkeypatch):
     """With a projection: W_hr's slice and the m tile are read each step, and a step has two barriers. A
     weight-stationary one-launch plan reads no W_hh per step (its load once per launch is left out), only h."""
     plan = make_plan(64, 512, torch.float32, 16, sms=132, concurrent=True)
-    reads = 4 * 32 * 128 * 4 + 32 * 512 * 4 + 16 * 128 * 4 + 16 * 512 * 4  # W_hh, W_hr slices, h and m tiles
+    assert (plan.columns(512), plan.columns(128)) == (32, 16)  # 16-wide fp32 blocks: 32 units of H, 16 of R
+    reads = 4 * 32 * 128 * 4 + 16 * 512 * 4 + 16 * 128 * 4 + 16 * 512 * 4  # W_hh, W_hr slices, h and m tiles
     want = reads / dispatch.L2_BYTES_PER_S_PER_PROGRAM + 2 * dispatch.BARRIER_S
     assert sequence_step_seconds("LSTM", 64, 512, 128, torch.float32, plan, 132) == pytest.approx(want)
     resident = dispatch.resident_plan(64, 512, torch.bfloat16, 132, concurrent=True)

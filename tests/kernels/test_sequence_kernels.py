@@ -21,13 +21,17 @@ def _meta(cell: int, dtype: torch.dtype) -> dict:
     return K._meta(cell, False, dtype, make_plan(64, 512, dtype, 4, 132, concurrent=True))
 
 
-def test_fp32_blocks_narrow_when_products_leave_tensor_cores(monkeypatch):
+def test_fp32_takes_16_wide_blocks_with_or_without_tf32_and_half_types_32(monkeypatch):
+    """The TF32 switch sets the products' precision; fp32 blocks are 16 wide either way (32-wide fp32 blocks of
+    the gates side by side spilled on sm_90), half types' 32."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     meta = _meta(K.LSTM, torch.float32)
-    assert (meta["DOT_PREC"], meta["BLOCK_H"], meta["BLOCK_K"]) == ("tf32", 32, 32)
+    assert (meta["DOT_PREC"], meta["BLOCK_H"], meta["BLOCK_K"]) == ("tf32", 16, 16)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     meta = _meta(K.LSTM, torch.float32)
     assert (meta["DOT_PREC"], meta["BLOCK_H"], meta["BLOCK_K"]) == ("ieee", 16, 16)
+    meta = _meta(K.LSTM, torch.bfloat16)
+    assert (meta["BLOCK_H"], meta["BLOCK_K"]) == (32, 32)
 
 
 @pytest.mark.parametrize(("hip", "present", "absent"), [(None, {"maxnreg": 255}, "num_stages"),
