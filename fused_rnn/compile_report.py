@@ -264,8 +264,8 @@ SEQUENCE_STEPS = 8  # T is not specialised on; it only scales the tensors
 
 def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
     """The sequence kernels' launchers as the layers call them on a GPU of ``sms`` SMs whose weight-stationary
-    programs may keep ``shared`` bytes on chip (``dispatch.resident_budget``): forward without saving (inference), forward saving the gates, then backward on
-    its outputs; under the dispatcher's plan and, when that has several slices, also one launch per step and
+    programs may keep ``shared`` bytes on chip (``dispatch.resident_budget``): forward without saving
+    (inference), forward saving the gates, then backward on its outputs; under the dispatcher's plan and, when that has several slices, also one launch per step and
     phase (the form for a grid the GPU cannot hold). A reverse case is one direction in reverse; a forward case
     is a bidirectional layer (both directions in one launch where the plan says so: its grid is the one whose
     fit is checked)."""

@@ -14,6 +14,7 @@ reads it from shared memory (a ``ttg.local_alloc`` before the loop, a
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _DEF = re.compile(r"^\s*(%[\w.$-]+)(?::\d+)?\s*=\s*(.*)$")
@@ -126,38 +127,35 @@ def loop_accesses(ttgir: str, argument: str) -> int:
     return found
 
 
-def placements(case, target: str) -> dict[tuple[str, bool], str]:
-    """(kernel, weight-stationary plan?) -> where W_hh lives (``str(Placement)``, " / " between configurations that
-    differ) for every sequence-kernel configuration the launchers pick for ``case`` (a compile report Case) on
-    ``target``. Compiles for real: call it without Triton's interpreter (in the compile report's workers)."""
+def _compiled_sequence_kernels(case, target: str) -> Iterator[tuple[object, str]]:
+    """(configuration, TTGIR) of every sequence-kernel configuration the launchers pick for ``case`` (a compile
+    report Case) on ``target``. Compiles for real: call it without Triton's interpreter (in the compile report's
+    workers)."""
     import triton
 
     from . import compile_report as cr
 
-    found: dict[tuple[str, bool], set[str]] = {}
     for config, _ in cr.capture(case, [target]):
-        if not config.kernel.startswith("sequence"):
-            continue
-        compiled = triton.compile(cr.source(config), target=cr.TARGETS[target].gpu, options=dict(config.options))
-        resident = dict(config.constexprs)["KP"] > 0
-        found.setdefault((config.kernel, resident), set()).add(str(w_placement(compiled.asm["ttgir"])))
+        if config.kernel.startswith("sequence"):
+            compiled = triton.compile(cr.source(config), target=cr.TARGETS[target].gpu, options=dict(config.options))
+            yield config, compiled.asm["ttgir"]
+
+
+def placements(case, target: str) -> dict[tuple[str, bool], str]:
+    """(kernel, weight-stationary plan?) -> where W_hh lives (``str(Placement)``, " / " between configurations that
+    differ) for every sequence-kernel configuration the launchers pick for ``case`` on ``target``."""
+    found: dict[tuple[str, bool], set[str]] = {}
+    for config, ttgir in _compiled_sequence_kernels(case, target):
+        found.setdefault((config.kernel, dict(config.constexprs)["KP"] > 0), set()).add(str(w_placement(ttgir)))
     return {k: " / ".join(sorted(v)) for k, v in found.items()}
 
 
 def state_accesses(case, target: str) -> dict[tuple[str, bool], set[tuple[int, ...]]]:
     """(kernel, weight-stationary plan?) -> the global loads and stores in the time loop (``loop_accesses``) of
     the state buffers a program owns (forward: cbuf; backward: dhbuf, dcbuf), one tuple per configuration the
-    launchers pick for ``case`` on ``target``. Compiles for real, as ``placements``."""
-    import triton
-
-    from . import compile_report as cr
-
+    launchers pick for ``case`` on ``target``."""
     found: dict[tuple[str, bool], set[tuple[int, ...]]] = {}
-    for config, _ in cr.capture(case, [target]):
-        if not config.kernel.startswith("sequence"):
-            continue
-        ttgir = triton.compile(cr.source(config), target=cr.TARGETS[target].gpu,
-                               options=dict(config.options)).asm["ttgir"]
+    for config, ttgir in _compiled_sequence_kernels(case, target):
         states = ("%cbuf",) if config.kernel == "sequence_fwd_kernel" else ("%dhbuf", "%dcbuf")
         key = (config.kernel, dict(config.constexprs)["KP"] > 0)
         found.setdefault(key, set()).add(tuple(loop_accesses(ttgir, s) for s in states))
