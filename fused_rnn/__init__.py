@@ -4,13 +4,14 @@ from . import autocast
 from .cells import GRUCell, LSTMCell, RNNCell
 from .convert import convert
 from .dispatch import choose_path, force_path
+from .flashrnn_compat import flashrnn
 from .path_report import explain
 from .kernels.launch import count_launches
 from .layers import GRU, LSTM, RNN
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "count_launches", "choose_path", "force_path",
-    "explain",
+    "explain", "flashrnn",
 ]
 __version__ = "0.1.0"
 

@@ -36,14 +36,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
 import triton
 
-from .kernels.launch import SequencePlan, sequence_blocks, tf32_products
+from .kernels.launch import SequencePlan, meeting_programs, sequence_blocks, tf32_products
+from .kernels.sequence_kernels import reduction_span
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "SLSTM": 4}
 # Estimates, not measurements:
 # - one SM's L2 read bandwidth with every SM reading: gpu-benches' gpu-l2-cache measures about 5.4 TB/s on an
 #   A100 (108 SMs), 7 TB/s on an H100 PCIe (114) and 10 TB/s on an H200 (132): 35-40 bytes per clock per SM,
@@ -96,76 +98,97 @@ def recurrent_weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: t
     return elements * dtype.itemsize
 
 
+def _with_heads(plan: SequencePlan, hidden: int, head_dim: int, concurrent: bool, fits: bool) -> SequencePlan:
+    """``plan`` with its meeting programs for heads ``head_dim`` wide (0: one head), in one launch when its
+    programs need not meet, or run concurrently and the grid fits."""
+    group = meeting_programs(plan.columns(hidden), head_dim, plan.slices) if head_dim else 0
+    plan = dataclasses.replace(plan, group=group)
+    return dataclasses.replace(plan, one_launch=plan.meeting == 1 or (concurrent and fits))
+
+
 def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int, concurrent: bool,
-              directions: int = 1) -> SequencePlan:
+              directions: int = 1, head_dim: int = 0) -> SequencePlan:
     """The streaming plan with ``slices`` programs per batch tile, ``directions`` directions a launch; one launch
-    when the programs run concurrently (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
+    when the programs need not meet (one slice, or each owning whole heads of ``head_dim`` units), or run
+    concurrently (not in the interpreter) and the grid fits ``sms`` SMs at PROGRAMS_PER_SM."""
     blocks = sequence_blocks(batch, hidden, dtype)
     fits = directions * triton.cdiv(batch, blocks.block_b) * slices <= sms * PROGRAMS_PER_SM
-    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), directions=directions)
+    return _with_heads(SequencePlan(blocks, slices, directions=directions), hidden, head_dim, concurrent, fits)
 
 
 def resident_plan(batch: int, hidden: int, dtype: torch.dtype, sms: int, concurrent: bool,
-                  rows: int = RESIDENT_ROWS[0], directions: int = 1) -> SequencePlan:
+                  rows: int = RESIDENT_ROWS[0], directions: int = 1, head_dim: int = 0) -> SequencePlan:
     """The weight-stationary plan: batch tiles of ``rows`` rows, each split into programs of RESIDENT_BLOCK_H
-    units that keep their slice of W_hh on chip; directions and one launch as for ``make_plan``."""
+    units that keep their slice of W_hh on chip; directions, heads and one launch as for ``make_plan``."""
     blocks = dataclasses.replace(sequence_blocks(batch, hidden, dtype), block_b=rows,
                                  block_h=RESIDENT_BLOCK_H, block_k=RESIDENT_BLOCK_H)
     slices = triton.cdiv(max(hidden, 1), RESIDENT_BLOCK_H)
     fits = directions * triton.cdiv(batch, rows) * slices <= sms * PROGRAMS_PER_SM
-    return SequencePlan(blocks, slices, one_launch=slices == 1 or (concurrent and fits), resident=True,
-                        directions=directions)
+    plan = SequencePlan(blocks, slices, resident=True, directions=directions)
+    return _with_heads(plan, hidden, head_dim, concurrent, fits)
 
 
-def resident_bytes(mode: str, hidden_size: int, dtype: torch.dtype, rows: int) -> int:
+def reduction_width(hidden_size: int, head_dim: int, block_h: int) -> int:
+    """Reduction indices one block of ``block_h`` units sums over: the whole state, or with heads the columns
+    of the heads the block touches."""
+    return reduction_span(hidden_size, head_dim, block_h) if head_dim else hidden_size
+
+
+def resident_bytes(mode: str, hidden_size: int, dtype: torch.dtype, rows: int, head_dim: int = 0) -> int:
     """Shared memory of one weight-stationary program: its W_hh slice (RESIDENT_BLOCK_H units of every gate, the
-    gates padded to a power of two, over the reduction width padded to a power of two; H bounds R) and its h tile
-    of ``rows`` rows (h is broadcast in the storage dtype). Equal to what the compiled kernels allocate (compile
-    report)."""
-    width = triton.next_power_of_2(max(hidden_size, 1))
+    gates padded to a power of two, over the reduction width, H or with heads the span of a block's heads,
+    padded to a power of two; H bounds R) and its h tile of ``rows`` rows (h is broadcast in the storage dtype).
+    Equal to what the compiled kernels allocate (compile report)."""
+    width = triton.next_power_of_2(max(reduction_width(hidden_size, head_dim, RESIDENT_BLOCK_H), 1))
     gates = triton.next_power_of_2(GATES[mode])
     return (gates * RESIDENT_BLOCK_H + rows) * width * dtype.itemsize
 
 
 def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                          plan: SequencePlan, sms: int = REFERENCE_SMS) -> float:
-    """Modelled seconds of one time step of the sequence kernel under ``plan`` (module docstring)."""
+                          plan: SequencePlan, sms: int = REFERENCE_SMS, head_dim: int = 0) -> float:
+    """Modelled seconds of one time step of the sequence kernel under ``plan`` (module docstring); with heads
+    ``head_dim`` wide each unit sums over its head only, and only programs that share heads meet."""
     state = proj_size if proj_size > 0 else hidden_size
     state_bytes = dtype.itemsize  # h is broadcast in the storage dtype
     rows = plan.blocks.block_b
     cols_h, cols_r = min(plan.columns(hidden_size), hidden_size), min(plan.columns(state), state)
+    # the h columns a program's units sum over: all of h, or their heads
+    reduce = min(state, max(cols_h, reduction_width(state, head_dim, plan.blocks.block_h)))
     # W_hh on chip across a one-launch run: only W_hr (streamed) is read per step; W_hh's load once per launch
     # is left out (T steps share it).
     stationary = plan.resident and plan.one_launch
-    weights = (0 if stationary else GATES[mode] * cols_h * state) + (cols_r * hidden_size if proj_size > 0 else 0)
-    reads = weights * dtype.itemsize + rows * state * state_bytes + (rows * hidden_size * dtype.itemsize if proj_size else 0)
+    per_unit = head_dim or state
+    weights = (0 if stationary else GATES[mode] * cols_h * per_unit) + (cols_r * hidden_size if proj_size > 0 else 0)
+    reads = weights * dtype.itemsize + rows * reduce * state_bytes + (rows * hidden_size * dtype.itemsize if proj_size else 0)
     tiles, slices = plan.grid(batch)
     waves = triton.cdiv(tiles * slices, sms * PROGRAMS_PER_SM)
     seconds = waves * reads / L2_BYTES_PER_S_PER_PROGRAM
-    w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype)
+    w_bytes = recurrent_weight_bytes(mode, hidden_size, proj_size, dtype) // (hidden_size // head_dim if head_dim else 1)
     if w_bytes > L2_BYTES:
         seconds = max(seconds, w_bytes / DRAM_BYTES_PER_S)
-    if slices > 1:
+    if plan.meeting > 1:
         phases = 2 if proj_size > 0 else 1
         seconds += phases * (BARRIER_S if plan.one_launch else STEP_LAUNCH_S)
     return seconds
 
 
 def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                          plan: SequencePlan, sms: int = REFERENCE_SMS) -> float:
+                          plan: SequencePlan, sms: int = REFERENCE_SMS, head_dim: int = 0) -> float:
     """Modelled seconds of one step of the backward sequence kernel under ``plan``: each program reads the gate
-    gradients of its rows that its units of dh_{t-1} sum over (LSTM 4H, GRU 3H, RNN H, storage dtype) and,
-    unless W_hh is resident in a one-launch plan, its columns of W_hh; one barrier per step (two with a
-    projection). The saved gates of its own units, a few KB, are left out. An estimate, as the forward's."""
+    gradients of its rows that its units of dh_{t-1} sum over (LSTM 4H, GRU 3H, RNN H, or with heads ``head_dim``
+    wide those of their heads; storage dtype) and, unless W_hh is resident in a one-launch plan, its columns of
+    W_hh; one barrier per step (two with a projection) where programs meet. The saved gates of its own units, a
+    few KB, are left out. An estimate, as the forward's."""
     state = proj_size if proj_size > 0 else hidden_size
     gates = GATES[mode]
     cols_r = min(plan.columns(state), state)
+    reduce = min(hidden_size, max(cols_r, reduction_width(state, head_dim, plan.blocks.block_h)))
     stationary = plan.resident and plan.one_launch
-    weights = 0 if stationary else gates * hidden_size * cols_r
-    reads = plan.blocks.block_b * gates * hidden_size * dtype.itemsize + weights * dtype.itemsize
+    weights = 0 if stationary else gates * (head_dim or hidden_size) * cols_r
+    reads = plan.blocks.block_b * gates * reduce * dtype.itemsize + weights * dtype.itemsize
     tiles, slices = plan.grid(batch)
     seconds = triton.cdiv(tiles * slices, sms * PROGRAMS_PER_SM) * reads / L2_BYTES_PER_S_PER_PROGRAM
-    if slices > 1:
+    if plan.meeting > 1:
         phases = 2 if proj_size > 0 else 1
         seconds += phases * (BARRIER_S if plan.one_launch else 2 * STEP_LAUNCH_S)
     return seconds
@@ -176,20 +199,24 @@ def stepwise_step_seconds(mode: str, hidden_size: int, proj_size: int, dtype: to
     return STEPWISE_HOST_S_PER_STEP + recurrent_weight_bytes(mode, hidden_size, proj_size, dtype) / DRAM_BYTES_PER_S
 
 
-def slice_choices(hidden_size: int, proj_size: int, block_h: int) -> list[int]:
-    """Slices per batch tile worth considering: each program owning block_h x 2^k units, down to one slice."""
+def slice_choices(hidden_size: int, proj_size: int, block_h: int, head_dim: int = 0) -> list[int]:
+    """Slices per batch tile worth considering: each program owning block_h x 2^k units, down to one slice, and
+    with heads ``head_dim`` wide each owning 2^k whole heads (a multiple of block_h units: no barrier)."""
     state = max(hidden_size, proj_size, 1)
-    choices, width = [], block_h
-    while True:
-        choices.append(triton.cdiv(state, width))
-        if width >= state:
-            return sorted(set(choices))
-        width *= 2
+    choices = []
+    for first in (block_h, math.lcm(head_dim, block_h) if head_dim else block_h):
+        width = first
+        while True:
+            choices.append(triton.cdiv(state, width))
+            if width >= state:
+                break
+            width *= 2
+    return sorted(set(choices))
 
 
 @functools.lru_cache(maxsize=4096)
 def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype, tf32: bool,
-                  sms: int, shared: int, directions: int = 1) -> tuple[tuple[float, SequencePlan], ...]:
+                  sms: int, shared: int, directions: int = 1, head_dim: int = 0) -> tuple[tuple[float, SequencePlan], ...]:
     """(modelled seconds per step of the layer's ``directions`` directions, plan) of every choice, one launch
     where the GPU holds the grid. For a bidirectional layer each choice comes twice: both directions in one
     launch (twice the programs), and one direction a launch (twice the time).
@@ -200,22 +227,23 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     block_h = sequence_blocks(batch, hidden_size, dtype).block_h
     plans = []
     for together in sorted({1, directions}):
-        plans += [make_plan(batch, hidden_size, dtype, n, sms, True, together)
-                  for n in slice_choices(hidden_size, proj_size, block_h)]
+        plans += [make_plan(batch, hidden_size, dtype, n, sms, True, together, head_dim)
+                  for n in slice_choices(hidden_size, proj_size, block_h, head_dim)]
         if on_tensor_cores(dtype, tf32) and proj_size == 0:  # with W_hr too, the resident backward spills
-            candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows, together)
+            candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows, together, head_dim)
                           for rows in resident_rows(batch))
-            plans += [p for p in candidates if p.one_launch
-                      and resident_bytes(mode, hidden_size, dtype, p.blocks.block_b) <= shared - SHARED_MARGIN]
-    return tuple((layer_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms, directions), p)
+            plans += [p for p in candidates if p.one_launch and resident_bytes(
+                mode, hidden_size, dtype, p.blocks.block_b, head_dim) <= shared - SHARED_MARGIN]
+    return tuple((layer_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms, directions, head_dim), p)
                  for p in plans)
 
 
 def layer_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                       plan: SequencePlan, sms: int, directions: int) -> float:
+                       plan: SequencePlan, sms: int, directions: int, head_dim: int = 0) -> float:
     """Modelled seconds of one step of a layer's ``directions`` directions under ``plan``: one launch per
     ``plan.directions`` directions, one after another."""
-    return directions // plan.directions * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan, sms)
+    return directions // plan.directions * sequence_step_seconds(mode, batch, hidden_size, proj_size, dtype, plan,
+                                                                 sms, head_dim)
 
 
 def on_tensor_cores(dtype: torch.dtype, tf32: bool) -> bool:
@@ -240,21 +268,24 @@ def _cheapest(costed: Iterable[tuple[float, SequencePlan]]) -> tuple[float, Sequ
 
 def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
                   sms: int = REFERENCE_SMS, concurrent: bool = True, shared: int = REFERENCE_SHARED,
-                  directions: int = 1) -> SequencePlan:
+                  directions: int = 1, head_dim: int = 0) -> SequencePlan:
     """The sequence kernels' plan for one layer of ``directions`` directions: the least modelled time per step.
 
     ``sms``: the GPU's SMs; ``shared``: the shared memory one program may have;
     ``concurrent``: whether a launch's programs run at once (False in Triton's interpreter, which then runs the
-    chosen plan one step and phase per launch). ``force_path(..., slices=n)`` sets the slices (both directions
-    in one launch).
+    chosen plan one step and phase per launch, unless its programs need not meet); ``head_dim``: the width of
+    the heads of a block-diagonal W_hh (0: one head). ``force_path(..., slices=n)`` sets the slices (both
+    directions in one launch).
     """
     if _forced_resident:
-        return resident_plan(batch, hidden_size, dtype, sms, concurrent, _forced_rows or RESIDENT_ROWS[0], directions)
+        return resident_plan(batch, hidden_size, dtype, sms, concurrent, _forced_rows or RESIDENT_ROWS[0], directions,
+                             head_dim)
     if _forced_slices is not None:
-        return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent, directions)
-    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions)
+        return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent, directions, head_dim)
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions,
+                           head_dim)
     _, best = _cheapest(costed)
-    return best if concurrent else dataclasses.replace(best, one_launch=best.slices == 1)
+    return best if concurrent else dataclasses.replace(best, one_launch=best.meeting == 1)
 
 
 def device_sms(device: torch.device) -> int:

@@ -78,6 +78,36 @@ def rnn_cell(
     return rnn_from_gates(x @ w_ih.t(), h @ w_hh.t(), b_ih, b_hh, nonlinearity == "relu")
 
 
+def slstm_from_gates(pre: Tensor, c: Tensor, n: Tensor, m: Tensor, first_zero: bool) -> tuple[Tensor, ...]:
+    """sLSTM step from the pre-activations (N, 4H) (gates i, f, z, o, biases included), as FlashRNN computes it
+    (``flashrnn/vanilla/slstm.py``): the stabiliser m = max(pre_i, log sigmoid(pre_f) + m_prev), or pre_i when
+    ``first_zero``; i = exp(pre_i - m), f = exp(log sigmoid(pre_f) + m_prev - m); c = f c + i tanh(pre_z);
+    n = max(f n + i, 1); h = sigmoid(pre_o) c / n. Returns (h, c, n, m).
+
+    Its gradients are those of FlashRNN's hand-written backward (``vanilla_fwbw``), which its kernels follow:
+    m is a constant (detached) and the clamp of n passes gradients as if absent (straight through).
+    """
+    i, f, z, o = pre.chunk(4, dim=-1)
+    log_f_m = F.logsigmoid(f) + m
+    m_new = (i if first_zero else torch.maximum(i, log_f_m)).detach()
+    i_gate, f_gate = torch.exp(i - m_new), torch.exp(log_f_m - m_new)
+    c_new = f_gate * c + i_gate * torch.tanh(z)
+    u = f_gate * n + i_gate
+    n_new = u + (torch.clamp(u, min=1.0) - u).detach()
+    return torch.sigmoid(o) * c_new / n_new, c_new, n_new, m_new
+
+
+def block_diagonal(w_hh: Tensor, hidden: int) -> Tensor:
+    """The dense (G, H) W_hh of a block-diagonal one stored compact as (G, HD): row g * H + k * HD + d holds
+    head k's block (FlashRNN's R[g, k, d, :]) at the columns of head k, zeros elsewhere."""
+    rows, head = w_hh.shape
+    if head == hidden:
+        return w_hh
+    heads, gates = hidden // head, rows // hidden
+    eye = torch.eye(heads, dtype=w_hh.dtype, device=w_hh.device)
+    return torch.einsum("gkdp,kj->gkdjp", w_hh.reshape(gates, heads, head, head), eye).reshape(rows, hidden)
+
+
 def reverse_index(lengths: Tensor, T: int) -> Tensor:
     """(T, B) time index that reverses each row within its length (an involution)."""
     t = torch.arange(T, device=lengths.device)[:, None]
@@ -90,19 +120,23 @@ CELLS = (lstm_from_gates, gru_from_gates, rnn_from_gates)
 
 def sequence(
     mode: str, xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
-    lengths: Tensor, reverse: bool, cells: tuple[Callable, Callable, Callable] = CELLS,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    lengths: Tensor, reverse: bool, cells: tuple[Callable, Callable, Callable] = CELLS, with_states: bool = False,
+) -> tuple[Tensor, ...]:
     """One layer and direction over time, as ``fused_rnn::sequence`` computes it after its input projection
-    (``sequence_ops.project``); mode is torch.nn's ("LSTM", "GRU", "RNN_TANH", "RNN_RELU").
+    (``sequence_ops.project``); mode is torch.nn's ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") or "SLSTM".
 
-    xp (T, B, G) the input projection with the foldable biases added, w_hh (G, R), b_hn (H,) GRU's hidden-side
-    bias of n or None, w_hr (R, H) LSTM's projection or None (then R = H), h0 (B, R), c0 (B, H) or None (zeros;
-    LSTM only), lengths (B,) int64. Row b runs its first lengths[b] steps (in reverse order when ``reverse``);
+    xp (T, B, G) the input projection with the foldable biases added, w_hh (G, R) (or (G, HD), the heads of a
+    block-diagonal one: ``block_diagonal``), b_hn (H,) GRU's hidden-side bias of n or None, w_hr (R, H) LSTM's
+    projection or None (then R = H), h0 (B, R), c0 (B, H) (sLSTM: (B, 3H), c, n, m) or None (zeros; LSTM and
+    sLSTM only), lengths (B,) int64. Row b runs its first lengths[b] steps (in reverse order when ``reverse``);
     its outputs past them are zero and its final state is the last valid one. Returns y (T, B, R), h_n (B, R)
-    and c_n (B, H) (None unless LSTM). ``cells``: the step functions (lstm, gru, rnn).
+    and c_n (B, H) or (B, 3H) (None unless LSTM or sLSTM), and with ``with_states`` the owned states of every
+    step (T, B, H or 3H), zero past each length. ``cells``: the step functions (lstm, gru, rnn).
     """
     lstm_step, gru_step, rnn_step = cells
     T = xp.shape[0]
+    if w_hr is None:
+        w_hh = block_diagonal(w_hh, w_hh.shape[0] // {"LSTM": 4, "SLSTM": 4, "GRU": 3}.get(mode, 1))
     if reverse:
         idx = reverse_index(lengths, T)
         xp = xp.gather(0, idx[..., None].expand_as(xp))
@@ -112,12 +146,17 @@ def sequence(
         b_i = torch.zeros_like(b_h)
     else:
         b_i = b_h = None
-    if mode == "LSTM" and c0 is None:
-        c0 = h0.new_zeros(h0.shape[0], w_hh.shape[0] // 4)
-    h, c, ys = h0, (c0 if mode == "LSTM" else None), []
+    owned = {"LSTM": 1, "SLSTM": 3}.get(mode, 0)
+    if owned and c0 is None:
+        c0 = h0.new_zeros(h0.shape[0], owned * w_hh.shape[0] // 4)
+    h, c, ys, cs = h0, (c0 if owned else None), [], []
+    first_zero = mode == "SLSTM" and bool((c0.chunk(3, dim=-1)[1] == 0).all())
     for t in range(T):
         hg = F.linear(h, w_hh)
-        if mode == "LSTM":
+        if mode == "SLSTM":
+            h_new, *c_new = slstm_from_gates(xp[t] + hg, *c.chunk(3, dim=-1), first_zero and t == 0)
+            c = torch.where(valid[t], torch.cat(c_new, dim=-1), c)
+        elif mode == "LSTM":
             h_new, c_new = lstm_step(xp[t], hg, None, None, c)
             if w_hr is not None:
                 h_new = F.linear(h_new, w_hr)
@@ -128,7 +167,14 @@ def sequence(
             h_new = rnn_step(xp[t], hg, None, None, mode == "RNN_RELU")
         h = torch.where(valid[t], h_new, h)
         ys.append(torch.where(valid[t], h_new, torch.zeros_like(h_new)))
+        if with_states and owned:
+            cs.append(torch.where(valid[t], c, torch.zeros_like(c)))
     y = torch.stack(ys)
     if reverse:
         y = y.gather(0, idx[..., None].expand_as(y))
-    return y, h, c
+    if not with_states:
+        return y, h, c
+    states = torch.stack(cs) if owned else None
+    if reverse and owned:
+        states = states.gather(0, idx[..., None].expand_as(states))
+    return y, h, c, states

@@ -145,3 +145,55 @@ def rnn_backward(dh, h, RELU: tl.constexpr):
         return tl.where(h <= 0.0, 0.0, dh)
     else:
         return dh * (1.0 - h * h)
+
+
+# ----------------------------------------------------------------------------
+# sLSTM (xLSTM's scalar-memory cell), gate order i, f, z, o, as FlashRNN computes it
+# ----------------------------------------------------------------------------
+@triton.jit
+def log_sigmoid(x):
+    """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)), never overflowing; log1p(e) as log(u) * e / (u - 1) with
+    u = 1 + e (exact where u rounds to 1: then e itself), so the result keeps its relative accuracy for large x."""
+    e = tl.exp(-tl.abs(x))
+    u = 1.0 + e
+    log1p = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+    return tl.minimum(x, 0.0) - log1p
+
+
+@triton.jit
+def slstm_forward(pre_i, pre_f, pre_z, pre_o, c_prev, n_prev, m_prev, first_zero):
+    """One sLSTM step from gate pre-activations (FlashRNN's ``slstm`` pointwise function).
+
+    The stabiliser m keeps every exponent <= 0: m = max(pre_i, log sigmoid(pre_f) + m_prev), or pre_i where
+    ``first_zero`` (the first step of a launch whose initial normaliser n is zero everywhere, FlashRNN's
+    ``torch.all(n == 0)``). The normaliser is clamped at 1, as FlashRNN does. Returns (h, c, n, m, z, o) with
+    z = tanh(pre_z) and o = sigmoid(pre_o).
+    """
+    log_f_m = log_sigmoid(pre_f) + m_prev
+    m = tl.where(first_zero, pre_i, tl.maximum(pre_i, log_f_m))
+    i = tl.exp(pre_i - m)
+    f = tl.exp(log_f_m - m)
+    z = tanh(pre_z)
+    o = sigmoid(pre_o)
+    c = f * c_prev + i * z
+    n = tl.maximum(f * n_prev + i, 1.0)
+    h = o * (c / n)
+    return h, c, n, m, z, o
+
+
+@triton.jit
+def slstm_backward(dh, dc, dn, pre_i, pre_f, z, o, c, n, m, c_prev, n_prev, m_prev):
+    """Gradients of one sLSTM step, as FlashRNN's hand-written backward (``vanilla_fwbw``, which its CUDA and
+    Triton kernels follow): the stabiliser m is a constant (no gradient through it) and the clamp of n is not
+    differentiated. dh, dc, dn: gradients reaching h, c and n. Returns the gradients of the four gate
+    pre-activations and of c_prev and n_prev.
+    """
+    dc_total = dc + dh * (o / n)
+    dn_total = dn - dh * (o / (n * n)) * c
+    f = tl.exp(m_prev + log_sigmoid(pre_f) - m)
+    i = tl.exp(pre_i - m)
+    d_o = dh * (c / n) * o * (1.0 - o)
+    d_f = (dc_total * c_prev + dn_total * n_prev) * f * sigmoid(-pre_f)
+    d_i = (dc_total * z + dn_total) * i
+    d_z = dc_total * i * (1.0 - z * z)
+    return d_i, d_f, d_z, d_o, dc_total * f, dn_total * f

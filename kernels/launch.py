@@ -174,6 +174,9 @@ class SequencePlan:
     streams the slice from L2 every step. ``directions`` = 2 runs both
     directions of a bidirectional layer in one launch (grid axis 0: the batch
     tiles of direction 0, then of direction 1); 1 runs one direction a launch.
+    ``group``: with heads (a block-diagonal W_hh), the programs of a tile that
+    meet at a barrier, those whose units share heads (``meeting_programs``):
+    1 when each owns whole heads (no barrier at all); 0 means every slice.
     """
 
     blocks: SequenceBlocks
@@ -181,6 +184,7 @@ class SequencePlan:
     one_launch: bool = True
     resident: bool = False
     directions: int = 1
+    group: int = 0
 
     def columns(self, width: int) -> int:
         """Units of a ``width``-wide state each program owns."""
@@ -192,6 +196,22 @@ class SequencePlan:
         return self.directions * triton.cdiv(batch, self.blocks.block_b), self.slices
 
     @property
+    def meeting(self) -> int:
+        """Programs of a batch tile that wait for each other between phases (1: none)."""
+        return self.group or self.slices
+
+    @property
     def barrier(self) -> bool:
-        """Whether the kernels synchronise their programs in-kernel (several slices in one launch)."""
-        return self.slices > 1 and self.one_launch
+        """Whether the kernels synchronise their programs in-kernel (programs that meet, in one launch)."""
+        return self.meeting > 1 and self.one_launch
+
+
+def meeting_programs(columns: int, head_dim: int, slices: int) -> int:
+    """Programs of a batch tile that must meet between phases when each owns ``columns`` units of heads
+    ``head_dim`` wide (0: one head): none (1) when each owns whole heads, the programs of one head when a head
+    spans several whole programs, else all ``slices``."""
+    if slices == 1 or not head_dim:
+        return slices
+    if columns % head_dim == 0:
+        return 1
+    return head_dim // columns if head_dim % columns == 0 else slices

@@ -42,7 +42,13 @@ zeros at time s (which is then padding), so every padded output is zero and
 h_n is each row's state at its last valid step. T and B are runtime values
 (not specialised on).
 
-CELL: 0 LSTM (gates i, f, g, o), 1 GRU (r, z, n), 2 RNN tanh, 3 RNN relu.
+Heads (HEADS): W_hh may be block-diagonal, one (HD x HD) block per head and
+gate, stored compact as (G, HD) (FlashRNN's R reshaped): a unit's gates sum
+over the h of its own head only, and the programs of a tile meet only with
+those that share their heads (GROUP; none when a program owns whole heads).
+
+CELL: 0 LSTM (gates i, f, g, o), 1 GRU (r, z, n), 2 RNN tanh, 3 RNN relu,
+4 sLSTM (i, f, z, o; owned states c, n and the stabiliser m).
 """
 
 import logging
@@ -51,16 +57,22 @@ import torch
 import triton
 import triton.language as tl
 
-from .cell_math import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
+from .cell_math import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward,
+                        slstm_backward, slstm_forward)
 from .launch import SequencePlan, interpreting, launch, new_output, tf32_products
 
 log = logging.getLogger("fused_rnn")
 
-LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
-CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU}
-GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
-# Gate values saved per step for backward (LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn).
-SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 0, RNN_RELU: 0}
+LSTM, GRU, RNN_TANH, RNN_RELU, SLSTM = 0, 1, 2, 3, 4
+CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "SLSTM": SLSTM}
+GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1, SLSTM: 4}
+# Gate values saved per step for backward (LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; sLSTM the
+# pre-activations of i and f, z and o).
+SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 0, RNN_RELU: 0, SLSTM: 4}
+# States each program owns for its units, H columns each (LSTM c, GRU h, sLSTM c, n, m), and the carried
+# gradients of those with one (LSTM dc, sLSTM dc, dn; m has none, as in FlashRNN).
+OWNED = {LSTM: 1, GRU: 1, RNN_TANH: 0, RNN_RELU: 0, SLSTM: 3}
+CARRIED = {LSTM: 1, GRU: 0, RNN_TANH: 0, RNN_RELU: 0, SLSTM: 2}
 
 # Phases of a step (the PHASES bit mask). Forward: the cell on the program's hidden units, then, with a
 # projection, h = W_hr m on its projected units. Backward: with a projection the gradient of h, then the
@@ -132,63 +144,84 @@ def _step_rows(s, lengths, reverse):
 
 
 @triton.jit
-def _resident_slice(w, col0, ncols, K, R, KP: tl.constexpr, BLOCK_H: tl.constexpr):
-    """W[k, col0 + col] of one gate block W (K, R) of W_hh for col < BLOCK_H and k < KP as a (KP, BLOCK_H)
-    tile, zero where col >= ncols or k >= K: a program's columns of the block, loaded before the time loop and
-    kept on chip (KP > 0); 0 when KP is 0 (W streamed from L2 every step)."""
+def _head_span(j, H, HD, K, HEADS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """[k_lo, k_hi): the reduction indices the units [j, j + BLOCK_H) of H sum over: the columns of their heads
+    (HEADS: the recurrent matrix is block-diagonal, heads HD units wide), else all K."""
+    if HEADS:
+        last = tl.minimum(j + BLOCK_H, H) - 1
+        return (j // HD) * HD, (last // HD + 1) * HD
+    else:
+        return 0, K
+
+
+@triton.jit
+def _w_block(w, w_rows, s_wr, s_wk, w_real, w_head, HD, ks, k_hi, HEADS: tl.constexpr):
+    """Pointers and mask of the block W[ks, n] of a recurrent matrix, n over the block's columns: W[k, n] at
+    w + w_rows[n] * s_wr + k * s_wk, real where ``w_real`` and k < k_hi.
+
+    HEADS: the matrix is stored compact, one (HD x HD) block per head and gate (rows g * H + unit, columns the
+    previous state's units within the head, stride 1), so column n reads only the k of its head
+    [w_head[n], w_head[n] + HD), shifted by the head's first unit ``w_head`` (int64)."""
+    ptrs = w + w_rows[None, :] * s_wr + ks[:, None] * s_wk
+    mask = (ks < k_hi)[:, None] & w_real[None, :]
+    if HEADS:
+        ptrs -= w_head[None, :]
+        mask &= (ks[:, None] >= w_head[None, :]) & (ks[:, None] < w_head[None, :] + HD)
+    return ptrs, mask
+
+
+@triton.jit
+def _resident_tile(w, k_lo, k_hi, s_wr, s_wk, w_rows, w_real, w_head, HD, HEADS: tl.constexpr, KP: tl.constexpr):
+    """The (KP, N) block W[k_lo + k, n] (``_w_block``, zero past k_hi and the real columns): a program's rows of
+    the recurrent matrix, loaded before the time loop and kept on chip (KP > 0); 0 when KP is 0 (streamed)."""
     if KP > 0:
-        kk = tl.arange(0, KP)
-        cols = tl.arange(0, BLOCK_H)
-        return tl.load(w + kk[:, None] * R + col0 + cols[None, :],
-                       mask=(kk < K)[:, None] & (cols < ncols)[None, :], other=0.0)
+        ks = k_lo + tl.arange(0, KP).to(tl.int64)
+        ptrs, mask = _w_block(w, w_rows, s_wr, s_wk, w_real, w_head, HD, ks, k_hi, HEADS)
+        return tl.load(ptrs, mask=mask, other=0.0)
     else:
         return 0
 
 
 @triton.jit
-def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_rows, w_real,
-                  w_res, KP: tl.constexpr,
+def _matmul_block(acc, a, a_rows, a_width, a_col0, rmask, k_lo, k_hi, w, s_wr, s_wk, w_rows, w_real, w_head, HD,
+                  w_res, KP: tl.constexpr, HEADS: tl.constexpr,
                   ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(BLOCK_B, BLOCK_N) block of A[a_rows, a_col0 : a_col0 + K] @ W[w_rows, :K]^T.
+    """acc + the (BLOCK_B, BLOCK_N) block of sum over k in [k_lo, k_hi) of A[a_rows, a_col0 + k] W[k, n].
 
     A is contiguous with rows ``a_width`` wide and ``a_rows`` the int64 row
-    index of each of the block's rows (as ``_at``); ``w_rows`` are the BLOCK_N
-    (int64) rows of W that make the block's columns, real where ``w_real``.
+    index of each of the block's rows (as ``_at``); W is addressed by
+    ``_w_block`` (``w_rows``: the int64 row of W that makes each column, real
+    where ``w_real``; with HEADS each column sums over its own head only).
 
-    With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_N) tile loaded
-    before the time loop (KP: K padded to a power of two), and one product over
-    the whole reduction width reads only A. With KP = 0 W is streamed from
-    ``w``, addressed as W[r, k] = w + r * s_wr + k * s_wk (the same code
-    multiplies by W_hh^T forward or, with the strides swapped, by W_hh
-    backward), by (BLOCK_K x BLOCK_N) blocks.
+    With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_N) tile
+    ``_resident_tile`` loaded before the time loop from the same k_lo, and one
+    product over the whole reduction reads only A. With KP = 0 W is streamed
+    by (BLOCK_K x BLOCK_N) blocks (the same code multiplies by W_hh^T forward
+    or, with the strides swapped, by W_hh backward).
     """
     if KP > 0:
-        kk = tl.arange(0, KP)
+        ks = k_lo + tl.arange(0, KP).to(tl.int64)
         # A: state other programs wrote, read after the barrier's acquire (see below for ".cg").
-        x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + kk)[None, :],
-                    mask=rmask[:, None] & (kk < K)[None, :], other=0.0, cache_modifier=".cg")
+        x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + ks)[None, :],
+                    mask=rmask[:, None] & (ks < k_hi)[None, :], other=0.0, cache_modifier=".cg")
         x = x.to(w_res.dtype)
         wt = w_res
         if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc = tl.dot(x, wt, input_precision=DOT_PREC, out_dtype=ACC)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PREC, out_dtype=ACC)
     else:
-        acc = tl.zeros((BLOCK_B, BLOCK_N), ACC)
-        for k0 in range(0, K, BLOCK_K):
-            kk = tl.arange(0, BLOCK_K)
-            ks = k0 + kk
-            kmask = ks < K
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            # int64: in backward k counts rows of W (up to 4H) times its row stride.
+            ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             # A is state other programs of the tile wrote. It is read after the barrier's acquire at GPU scope, which
             # invalidates this SM's L1 (NVIDIA; AMD likewise), so no stale line is served; ".cg" (L2 only) marks it
             # where the load stays a load (the pipeliner turns it into cp.async, which has no 4-byte L2-only form).
             x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + ks)[None, :],
-                        mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
-            # In backward k0 counts rows of W (up to 4H) times its row stride: the block's base offset is int64.
-            w_k = w + tl.cast(k0, tl.int64) * s_wk
-            wt = tl.load(w_k + w_rows[None, :] * s_wr + kk[:, None] * s_wk, mask=kmask[:, None] & w_real[None, :],
-                         other=0.0)
+                        mask=rmask[:, None] & (ks < k_hi)[None, :], other=0.0, cache_modifier=".cg")
+            ptrs, mask = _w_block(w, w_rows, s_wr, s_wk, w_real, w_head, HD, ks, k_hi, HEADS)
+            wt = tl.load(ptrs, mask=mask, other=0.0)
             x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
             if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
                 x = x.to(tl.float32)
@@ -198,43 +231,33 @@ def _matmul_block(a, a_rows, a_width, a_col0, rmask, K, w, s_wr, s_wk, w_rows, w
 
 
 @triton.jit
-def _gate_rows(j, H, CELL: tl.constexpr, GATES_P2: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The rows of W_hh (G, R) for the units [j, j + BLOCK_H), every gate side by side: column n of a gate
-    product is gate n % GATES_P2 of unit j + n // GATES_P2. Returns the rows (int64) and whether each is real
-    (past H, and the GRU's padding fourth gate, are not).
+def _gate_rows(j, H, HD, CELL: tl.constexpr, GATES_P2: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The rows of W_hh (G, .) for the units [j, j + BLOCK_H), every gate side by side: column n of a gate
+    product is gate n % GATES_P2 of unit j + n // GATES_P2. Returns the rows (int64), whether each is real
+    (past H, and the GRU's padding fourth gate, are not) and the first unit of each column's head (int64;
+    heads HD units wide).
 
     Side by side, the gates make one product N = BLOCK_H * GATES_P2 wide, which Triton spreads over the warps
     (N = 16 per gate would leave most warps holding copies of the same W)."""
     n = tl.arange(0, BLOCK_H * GATES_P2)
     unit, gate = j + n // GATES_P2, n % GATES_P2
-    return gate.to(tl.int64) * H + unit, (unit < H) & ((gate < 3) | (CELL != 1))
+    unit = unit.to(tl.int64)
+    return gate.to(tl.int64) * H + unit, (unit < H) & ((gate < 3) | (CELL != 1)), (unit // HD) * HD
 
 
 @triton.jit
-def _resident_gates(w, h_lo, H, R, CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr,
-                    BLOCK_H: tl.constexpr):
-    """A program's rows of W_hh (G, R) for the units [h_lo, h_lo + BLOCK_H), side by side (``_gate_rows``): the
-    (KP, BLOCK_H * GATES_P2) tile, zero past the real rows and R, loaded before the time loop and kept on chip
-    (KP > 0); 0 when KP is 0."""
-    if KP > 0:
-        row, real = _gate_rows(h_lo, H, CELL, GATES_P2, BLOCK_H)
-        kk = tl.arange(0, KP)
-        return tl.load(w + row[None, :] * R + kk[:, None], mask=(kk < R)[:, None] & real[None, :], other=0.0)
-    else:
-        return 0
-
-
-@triton.jit
-def _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R,
-                   CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
-                   DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+def _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD,
+                   CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr, HEADS: tl.constexpr,
+                   ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """The recurrent part h_{t-1} W_hh^T of each gate for the units [j, j + BLOCK_H): one product over the gates
-    side by side (``_gate_rows``; resident: the tile of ``_resident_gates``), split into four (BLOCK_B, BLOCK_H)
-    blocks (the cell's gates in order; the rest unused)."""
-    w_rows, real = _gate_rows(j, H, CELL, GATES_P2, BLOCK_H)
-    both = _matmul_block(h_cur, rows, R, 0, rmask, R, w, R, 1, w_rows, real,
-                         w_gates, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
+    side by side (``_gate_rows``; resident: the tile loaded before the time loop), over the units' heads (all of
+    h with one head), split into four (BLOCK_B, BLOCK_H) blocks (the cell's gates in order; the rest unused)."""
+    w_rows, real, w_head = _gate_rows(j, H, HD, CELL, GATES_P2, BLOCK_H)
+    k_lo, k_hi = _head_span(j, H, HD, R, HEADS, BLOCK_H)
+    both = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H * GATES_P2), ACC), h_cur, rows, R, 0, rmask, k_lo, k_hi,
+                         w, HD, 1, w_rows, real, w_head, HD, w_gates, KP, HEADS,
+                         ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
     if GATES_P2 == 1:
         q0, q1, q2, q3 = both, both, both, both
     else:
@@ -250,23 +273,24 @@ def _at(ptr, index, width, col0, cols):
 
 
 @triton.jit
-def _own_tile(buf, rows, rmask, width, lo, KEEP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Columns [lo, lo + BLOCK_H) of a (B, width) state only this program reads and writes, loaded once per
-    launch to be carried in registers across its steps (KEEP); 0 otherwise."""
+def _own_tile(buf, rows, rmask, width, col0, lo, n, KEEP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Units [lo, lo + BLOCK_H) (of n) of a state only this program reads and writes, at columns col0 + unit of
+    a contiguous (B, width) buffer, loaded once per launch to be carried in registers across its steps (KEEP);
+    0 otherwise."""
     if KEEP:
         cols = tl.arange(0, BLOCK_H).to(tl.int64)
-        return tl.load(_at(buf, rows, width, lo, cols), mask=rmask[:, None] & ((lo + cols) < width)[None, :],
+        return tl.load(_at(buf, rows, width, col0 + lo, cols), mask=rmask[:, None] & ((lo + cols) < n)[None, :],
                        other=0.0).to(ACC)
     else:
         return 0
 
 
 @triton.jit
-def _put_own_tile(buf, rows, rmask, width, lo, tile, KEEP: tl.constexpr, BLOCK_H: tl.constexpr):
+def _put_own_tile(buf, rows, rmask, width, col0, lo, n, tile, KEEP: tl.constexpr, BLOCK_H: tl.constexpr):
     """Store the tile ``_own_tile`` loaded (and the steps updated) back at the end of the launch (KEEP)."""
     if KEEP:
         cols = tl.arange(0, BLOCK_H).to(tl.int64)
-        tl.store(_at(buf, rows, width, lo, cols), tile, mask=rmask[:, None] & ((lo + cols) < width)[None, :])
+        tl.store(_at(buf, rows, width, col0 + lo, cols), tile, mask=rmask[:, None] & ((lo + cols) < n)[None, :])
 
 
 @triton.jit
@@ -308,22 +332,24 @@ def _store_gates(ptr, index, width, H, j, cols, mask, q0, q1, q2, q3):
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
 def sequence_fwd_kernel(
     xp,  # (T, B, DIRS * G) input projection x W_ih^T with the foldable biases added (G = gates x H)
-    w,  # (D, G, R) W_hh
+    w,  # (D, G, R) W_hh; with HEADS (D, G, HD): each head's (HD x HD) blocks of the block-diagonal W_hh
     b_hn,  # (D, H) GRU's b_hn (inside r * (W_hn h + b_hn)), read when HAS_BHN
     w_hr,  # (D, R, H) LSTM projection W_hr, read when HAS_PROJ
     lengths,  # (B,) int64 valid length of each row
+    zero_n,  # (1,) int32: whether the initial sLSTM normaliser is zero everywhere (read when sLSTM)
     y,  # out (T, B, DIRS * R) outputs, zero past each row's length
     hbuf,  # state (D, 2, B, R) h ping-pong in the storage dtype: step s reads hbuf[d, s % 2]
-    cbuf,  # state (D, B, H) in the compute dtype, read by its owner only: LSTM c, GRU h
-    ws,  # out (D, T, B, 4H) gate values for backward, compute dtype (LSTM, GRU; when SAVE)
-    cs,  # out (D, T, B, H) cell state of every step, compute dtype (LSTM; when SAVE)
+    cbuf,  # state (D, B, SC * H) in the compute dtype, read by its owner only: LSTM c, GRU h, sLSTM c | n | m
+    ws,  # out (D, T, B, 4H) gate values for backward, compute dtype (LSTM, GRU, sLSTM; when SAVE)
+    cs,  # out (D, T, B, SC * H) the owned states of every step, compute dtype (LSTM, sLSTM; when SAVE)
     ms,  # out (D, T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
-    sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
+    sync,  # (batch tiles x SLICES / GROUP,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the steps this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
+    HD, GROUP,  # units per head (R without heads); programs of a batch tile that meet at a barrier
     CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr,
-    SAVE: tl.constexpr, ACC: tl.constexpr,
+    HEADS: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, GATES_P2: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -332,55 +358,71 @@ def sequence_fwd_kernel(
 
     Phases per step: FWD_CELL on columns [lo, hi) of H, then with a projection a
     barrier and FWD_PROJ on this program's columns of R (h = W_hr m needs all of
-    m); a barrier ends the step (the next reads all of h).
+    m); a barrier ends the step (the next reads all of h, or with HEADS the h of
+    the units' heads: only the GROUP programs that share a head meet, and a
+    program that owns whole heads meets none).
 
     KP > 0 (weight-stationary): the program owns one block of BLOCK_H units
-    (SLICE_H = BLOCK_H) and loads its rows of W_hh, every gate, the whole
-    reduction width R padded to KP, once before the time loop; each step then
-    reads only h_{t-1} of its rows. KP = 0: W_hh streamed every step.
+    (SLICE_H = BLOCK_H) and loads its rows of W_hh, every gate, over the whole
+    reduction span (R, or its units' heads) padded to KP, once before the time
+    loop; each step then reads only h_{t-1} of its rows. KP = 0: W_hh streamed
+    every step.
     """
     d, rev, rows, rmask, lens, zero_b = _program_rows(lengths, B, REVERSE, BLOCK_B)
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
-    sync_tile = sync + tl.program_id(0)
+    sync_tile = sync + tl.program_id(0) * (SLICES // GROUP) + tl.program_id(1) // GROUP
     # Direction d's tensors: its columns of xp and y (rows XW and YW wide), its block of the stacked ones.
-    G = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    G = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
+    SC = 3 if CELL == 4 else 1  # states each program owns (LSTM c, GRU h, sLSTM c, n, m), H columns each
+    OWN = CELL <= 1 or CELL == 4
     XW, YW = DIRS * G * H, DIRS * R
     xp += d * G * H
     y += d * R
-    w += d * G * H * R
+    w += d * G * H * HD
     b_hn += d * H
     w_hr += d * R * H
     hbuf += d * 2 * B * R
-    cbuf += d * B * H
+    cbuf += d * B * SC * H
     ws += d * T * B * 4 * H
-    cs += d * T * B * H
+    cs += d * T * B * SC * H
     ms += d * T * B * H
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
-    w_gates = _resident_gates(w, h_lo, H, R, CELL, GATES_P2, KP, BLOCK_H)
-    # A resident program owns one block of units: their LSTM c (GRU h) stays in registers for the launch.
-    own = _own_tile(cbuf, rows, rmask, H, h_lo, KP > 0 and CELL <= 1, ACC, BLOCK_H)
+    w_rows, w_real, w_head = _gate_rows(h_lo, H, HD, CELL, GATES_P2, BLOCK_H)
+    k_lo, k_hi = _head_span(h_lo, H, HD, R, HEADS, BLOCK_H)
+    w_gates = _resident_tile(w, k_lo, k_hi, HD, 1, w_rows, w_real, w_head, HD, HEADS, KP)
+    # A resident program owns one block of units: their LSTM c (GRU h; sLSTM c, n, m) stay in registers.
+    own = _own_tile(cbuf, rows, rmask, SC * H, 0, h_lo, H, KP > 0 and OWN, ACC, BLOCK_H)
+    own_n = _own_tile(cbuf, rows, rmask, SC * H, H, h_lo, H, KP > 0 and CELL == 4, ACC, BLOCK_H)
+    own_m = _own_tile(cbuf, rows, rmask, SC * H, 2 * H, h_lo, H, KP > 0 and CELL == 4, ACC, BLOCK_H)
+    if CELL == 4:  # FlashRNN's first step: m = pre_i when the initial normaliser is zero everywhere
+        n0_zero = tl.load(zero_n) != 0
     for s in range(S_BEGIN, S_END):
         h_cur = hbuf + (s % 2) * B * R
         h_nxt = hbuf + ((s + 1) % 2) * B * R
         t, active = _step_rows(s, lens, rev)
         tb = t * B + rows  # the rows' index in (T, B, width) sequences
-        arrived = (s - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
+        arrived = (s - S_BEGIN) * (1 + HAS_PROJ) * GROUP  # arrivals at this program's counter before this step
         for j in range(h_lo, h_hi if (FWD_CELL & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
-            if CELL <= 1:  # the state of the program's units (LSTM c, GRU h), in the compute dtype
+            if OWN:  # the states of the program's units (LSTM c, GRU h, sLSTM c, n, m), in the compute dtype
                 if KP > 0:
                     c_prev = own
+                    if CELL == 4:
+                        n_prev, m_prev = own_n, own_m
                 else:
-                    c_prev = tl.load(_at(cbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
+                    c_prev = tl.load(_at(cbuf, rows, SC * H, j, cols), mask=m, other=0.0).to(ACC)
+                    if CELL == 4:
+                        n_prev = tl.load(_at(cbuf, rows, SC * H, H + j, cols), mask=m, other=0.0).to(ACC)
+                        m_prev = tl.load(_at(cbuf, rows, SC * H, 2 * H + j, cols), mask=m, other=0.0).to(ACC)
             if CELL == 1:
                 h_prev = c_prev
             elif not HAS_PROJ:  # what an inactive row keeps (h has H columns)
                 h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m & ~active[:, None], other=0.0).to(ACC)
-            q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j,
-                                            H, R, CELL, GATES_P2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD, CELL, GATES_P2, KP, HEADS,
+                                            ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if CELL == 0:
                 x_i, x_f, x_g, x_o = _load_gates(xp, tb, XW, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 pre_i, pre_f, pre_g, pre_o = q0 + x_i, q1 + x_f, q2 + x_g, q3 + x_o
@@ -389,6 +431,23 @@ def sequence_fwd_kernel(
                 if SAVE:
                     tl.store(_at(cs, tb, H, j, cols), c, mask=am)
                     _store_gates(ws, tb, 4 * H, H, j, cols, am, i, f, g, o)
+            elif CELL == 4:
+                x_i, x_f, x_z, x_o = _load_gates(xp, tb, XW, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
+                pre_i, pre_f, pre_z, pre_o = q0 + x_i, q1 + x_f, q2 + x_z, q3 + x_o
+                h, c, n, mm, z, o = slstm_forward(pre_i, pre_f, pre_z, pre_o, c_prev, n_prev, m_prev,
+                                                  n0_zero & (s == 0))
+                a = active[:, None]
+                c_next, n_next, m_next = tl.where(a, c, c_prev), tl.where(a, n, n_prev), tl.where(a, mm, m_prev)
+                if SAVE:  # FlashRNN's backward reads pre_i and pre_f (it recomputes i and f from m)
+                    tl.store(_at(cs, tb, SC * H, j, cols), c, mask=am)
+                    tl.store(_at(cs, tb, SC * H, H + j, cols), n, mask=am)
+                    tl.store(_at(cs, tb, SC * H, 2 * H + j, cols), mm, mask=am)
+                    _store_gates(ws, tb, 4 * H, H, j, cols, am, pre_i, pre_f, z, o)
+                if KP > 0:
+                    own_n, own_m = n_next, m_next
+                else:
+                    tl.store(_at(cbuf, rows, SC * H, H + j, cols), n_next, mask=m)
+                    tl.store(_at(cbuf, rows, SC * H, 2 * H + j, cols), m_next, mask=m)
             elif CELL == 1:
                 h_r, h_z, h_n = q0, q1, q2
                 if HAS_BHN:
@@ -402,51 +461,55 @@ def sequence_fwd_kernel(
                 pre = q0
                 pre += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
                 h = rnn_forward(pre, CELL == 3)
-            if CELL <= 1:
+            if OWN:
                 if KP > 0:
                     own = c_next
                 else:
-                    tl.store(_at(cbuf, rows, H, j, cols), c_next, mask=m)
+                    tl.store(_at(cbuf, rows, SC * H, j, cols), c_next, mask=m)
             if HAS_PROJ:  # h = W_hr m comes after every column of m is written
                 tl.store(_at(ms, tb, H, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
             else:
                 tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
         if HAS_PROJ:
-            _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
+            _slices_barrier(sync_tile, arrived + GROUP, BARRIER, SPIN_LIMIT)
             for j in range(r_lo, r_hi if (FWD_PROJ & PHASES) else r_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < R)[None, :]
-                h = _matmul_block(ms, tb, H, 0, rmask, H, w_hr, H, 1, j + cols, (j + cols) < R,
-                                  0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                h = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), ms, tb, H, 0, rmask, 0, H, w_hr, H, 1, j + cols,
+                                  (j + cols) < R, 0, H, 0, 0, False, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0)
                 tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
                 tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
-        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
-    _put_own_tile(cbuf, rows, rmask, H, h_lo, own, KP > 0 and CELL <= 1, BLOCK_H)
+        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * GROUP, BARRIER, SPIN_LIMIT)
+    _put_own_tile(cbuf, rows, rmask, SC * H, 0, h_lo, H, own, KP > 0 and OWN, BLOCK_H)
+    _put_own_tile(cbuf, rows, rmask, SC * H, H, h_lo, H, own_n, KP > 0 and CELL == 4, BLOCK_H)
+    _put_own_tile(cbuf, rows, rmask, SC * H, 2 * H, h_lo, H, own_m, KP > 0 and CELL == 4, BLOCK_H)
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
 def sequence_bwd_kernel(
     dy,  # (T, B, DIRS * R) gradient of the outputs
-    w,  # (D, G, R) W_hh
+    dcs,  # (D, T, B, SD * H) gradients of the owned states' sequences (LSTM c, sLSTM c | n), read when STATE_GRADS
+    w,  # (D, G, R) W_hh; with HEADS (D, G, HD)
     w_hr,  # (D, R, H) LSTM projection W_hr, read when HAS_PROJ
     h0,  # (D, B, R) initial hidden state (GRU needs h_prev)
-    c0,  # (D, B, H) initial cell state (LSTM)
+    c0,  # (D, B, SC * H) initial owned states (LSTM c; sLSTM c | n | m)
     lengths,  # (B,) int64
     y,  # (T, B, DIRS * R) forward outputs
     ws,  # (D, T, B, 4H) saved gate values
-    cs,  # (D, T, B, H) saved cell states (LSTM)
+    cs,  # (D, T, B, SC * H) saved owned states (LSTM c; sLSTM c | n | m)
     dg,  # out (D, T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
     dhs,  # out (D, T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
     dhbuf,  # state (D, B, R) dh carry (compute dtype), updated in place: each column has one owner
-    dcbuf,  # state (D, B, H) dc carry (compute dtype) (LSTM)
-    sync,  # (batch tiles,) int32 arrival counters, zero at launch (read when BARRIER)
+    dcbuf,  # state (D, B, SD * H) carries of the owned states (compute dtype): LSTM dc; sLSTM dc | dn
+    sync,  # (batch tiles x SLICES / GROUP,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the reverse steps r (time step T - 1 - r) this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
-    CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
-    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    HD, GROUP,  # units per head (R without heads); programs of a batch tile that meet at a barrier
+    CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_PROJ: tl.constexpr, HEADS: tl.constexpr,
+    STATE_GRADS: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
@@ -454,51 +517,62 @@ def sequence_bwd_kernel(
 
     Phases per step: with a projection BWD_PROJ on this program's columns of R
     and a barrier (the gate gradients need all of dh W_hr); BWD_GATES on its
-    columns of H; a barrier (the carry needs every gate gradient of the rows);
-    BWD_CARRY on its columns of R. The next step reads only the program's own
-    columns of the carry, so no barrier ends the step.
+    columns of H; a barrier (the carry needs every gate gradient of the rows'
+    heads); BWD_CARRY on its columns of R. The next step reads only the
+    program's own columns of the carry, so no barrier ends the step.
 
     KP > 0 (weight-stationary): the program owns one block of BLOCK_H units of
-    R and loads those columns of W_hh, every gate block, the reduction width H
-    padded to KP, once before the time loop. KP = 0: W_hh streamed every step.
+    R and loads those columns of W_hh, every gate block, the reduction span (H,
+    or its units' heads) padded to KP, once before the time loop. KP = 0: W_hh
+    streamed every step.
     """
     d, rev, rows, rmask, lens, zero_b = _program_rows(lengths, B, REVERSE, BLOCK_B)
     h_lo, h_hi = _program_columns(H, SLICE_H)
     r_lo, r_hi = _program_columns(R, SLICE_R)
-    sync_tile = sync + tl.program_id(0)
+    sync_tile = sync + tl.program_id(0) * (SLICES // GROUP) + tl.program_id(1) // GROUP
     # Direction d's tensors: its columns of dy and y (rows YW wide), its block of the stacked ones.
-    G = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    GS = 4 * H if CELL <= 1 else H  # the width of dg
+    G = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
+    GS = 4 * H if G > 1 else H  # the width of dg
+    SC = 3 if CELL == 4 else 1  # owned states (c; sLSTM c, n, m) and carried ones (dc; sLSTM dc, dn)
+    SD = 2 if CELL == 4 else 1
     YW = DIRS * R
     dy += d * R
+    dcs += d * T * B * SD * H
     y += d * R
-    w += d * G * H * R
+    w += d * G * H * HD
     w_hr += d * R * H
     h0 += d * B * R
-    c0 += d * B * H
+    c0 += d * B * SC * H
     ws += d * T * B * 4 * H
-    cs += d * T * B * H
+    cs += d * T * B * SC * H
     dg += d * T * B * GS
     dhs += d * T * B * R
     dhbuf += d * B * R
-    dcbuf += d * B * H
-    # The program's resident columns of W_hh (its units of h), gate block by gate block.
-    HR = tl.cast(H, tl.int64) * R  # one gate block of W_hh
-    wb_0 = _resident_slice(w, r_lo, R - r_lo, H, R, KP, BLOCK_H)
-    wb_1 = _resident_slice(w + HR, r_lo, R - r_lo, H, R, KP if CELL <= 1 else 0, BLOCK_H)
-    wb_2 = _resident_slice(w + 2 * HR, r_lo, R - r_lo, H, R, KP if CELL <= 1 else 0, BLOCK_H)
-    wb_3 = _resident_slice(w + 3 * HR, r_lo, R - r_lo, H, R, KP if CELL == 0 else 0, BLOCK_H)
+    dcbuf += d * B * SD * H
+    # The program's resident columns of W_hh (its units of h), gate block by gate block, over their heads.
+    units0 = r_lo + tl.arange(0, BLOCK_H).to(tl.int64)
+    k_lo, k_hi = _head_span(r_lo, R, HD, H, HEADS, BLOCK_H)
+    HB = tl.cast(H, tl.int64) * HD  # one gate block of W_hh
+    wb_0 = _resident_tile(w, k_lo, k_hi, 1, HD, units0, units0 < R, (units0 // HD) * HD, HD, HEADS, KP)
+    wb_1 = _resident_tile(w + HB, k_lo, k_hi, 1, HD, units0, units0 < R, (units0 // HD) * HD, HD, HEADS,
+                          KP if G > 1 else 0)
+    wb_2 = _resident_tile(w + 2 * HB, k_lo, k_hi, 1, HD, units0, units0 < R, (units0 // HD) * HD, HD, HEADS,
+                          KP if G > 1 else 0)
+    wb_3 = _resident_tile(w + 3 * HB, k_lo, k_hi, 1, HD, units0, units0 < R, (units0 // HD) * HD, HD, HEADS,
+                          KP if G == 4 else 0)
     # A resident program owns one block of units (of h and c alike): their carries stay in registers (the dh
     # carry without a projection, whose phase P zeroes it for the other programs' columns of R).
-    own_dh = _own_tile(dhbuf, rows, rmask, R, r_lo, KP > 0 and not HAS_PROJ, ACC, BLOCK_H)
-    own_dc = _own_tile(dcbuf, rows, rmask, H, h_lo, KP > 0 and CELL == 0, ACC, BLOCK_H)
+    CARRIES = CELL == 0 or CELL == 4
+    own_dh = _own_tile(dhbuf, rows, rmask, R, 0, r_lo, R, KP > 0 and not HAS_PROJ, ACC, BLOCK_H)
+    own_dc = _own_tile(dcbuf, rows, rmask, SD * H, 0, h_lo, H, KP > 0 and CARRIES, ACC, BLOCK_H)
+    own_dn = _own_tile(dcbuf, rows, rmask, SD * H, H, h_lo, H, KP > 0 and CELL == 4, ACC, BLOCK_H)
     for r_step in range(S_BEGIN, S_END):
         s = T - 1 - r_step
         t, active = _step_rows(s, lens, rev)
         tp = tl.where(rev, t + 1, t - 1)
         tb, tpb = t * B + rows, tp * B + rows  # the rows' index in (T, B, width) sequences at t and tp
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
-        arrived = (r_step - S_BEGIN) * (1 + HAS_PROJ) * SLICES  # arrivals at this tile's counter before this step
+        arrived = (r_step - S_BEGIN) * (1 + HAS_PROJ) * GROUP  # arrivals at this program's counter before this step
         if HAS_PROJ:
             # Phase P: the gradient of this step's h (R columns); the carry of an inactive row passes through.
             for j in range(r_lo, r_hi if (BWD_PROJ & PHASES) else r_lo, BLOCK_H):
@@ -508,15 +582,16 @@ def sequence_bwd_kernel(
                 dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=m & active[:, None], other=0.0)
                 tl.store(_at(dhs, tb, R, j, cols), tl.where(active[:, None], dh, 0.0), mask=m)
                 tl.store(_at(dhbuf, rows, R, j, cols), tl.where(active[:, None], 0.0, carry), mask=m)
-            _slices_barrier(sync_tile, arrived + SLICES, BARRIER, SPIN_LIMIT)
+            _slices_barrier(sync_tile, arrived + GROUP, BARRIER, SPIN_LIMIT)
         # Phase A: gate gradients of this step, column block by column block.
         for j in range(h_lo, h_hi if (BWD_GATES & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
             am = m & active[:, None]
+            a = active[:, None]
             if HAS_PROJ:  # the gradient of m = o * tanh(c) is dh W_hr
-                dh = _matmul_block(dhs, tb, R, 0, rmask, R, w_hr, 1, H, j + cols, (j + cols) < H,
-                                   0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                dh = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), dhs, tb, R, 0, rmask, 0, R, w_hr, 1, H, j + cols,
+                                   (j + cols) < H, 0, R, 0, 0, False, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
                 if KP > 0:
                     carry = own_dh
@@ -524,68 +599,91 @@ def sequence_bwd_kernel(
                     carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-            if CELL == 0:
+            if CARRIES:
                 if KP > 0:
                     dc = own_dc
+                    if CELL == 4:
+                        dn = own_dn
                 else:
-                    dc = tl.load(_at(dcbuf, rows, H, j, cols), mask=m, other=0.0).to(ACC)
+                    dc = tl.load(_at(dcbuf, rows, SD * H, j, cols), mask=m, other=0.0).to(ACC)
+                    if CELL == 4:
+                        dn = tl.load(_at(dcbuf, rows, SD * H, H + j, cols), mask=m, other=0.0).to(ACC)
+                if STATE_GRADS:  # gradients reaching this step's c (and n) from outside the recurrence
+                    dc += tl.load(_at(dcs, tb, SD * H, j, cols), mask=am, other=0.0).to(ACC)
+                    if CELL == 4:
+                        dn += tl.load(_at(dcs, tb, SD * H, H + j, cols), mask=am, other=0.0).to(ACC)
+                c = tl.load(_at(cs, tb, SC * H, j, cols), mask=am, other=0.0).to(ACC)
+                c_prev = tl.load(_at(cs, tpb, SC * H, j, cols), mask=am & ~first, other=0.0)
+                c_prev += tl.load(_at(c0, rows, SC * H, j, cols), mask=am & first, other=0.0)
+            if CELL == 0:
                 i, f, g, o = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
-                c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
-                c_prev = tl.load(_at(cs, tpb, H, j, cols), mask=am & ~first, other=0.0)
-                c_prev += tl.load(_at(c0, rows, H, j, cols), mask=am & first, other=0.0)
                 d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
-                if KP > 0:
-                    own_dc = tl.where(active[:, None], dc_prev, dc)
-                else:
-                    tl.store(_at(dcbuf, rows, H, j, cols), tl.where(active[:, None], dc_prev, dc), mask=m)
-                a = active[:, None]
+                dc_next = tl.where(a, dc_prev, dc)
                 _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_i, 0.0), tl.where(a, d_f, 0.0),
                              tl.where(a, d_g, 0.0), tl.where(a, d_o, 0.0))
+            elif CELL == 4:
+                pre_i, pre_f, z, o = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
+                n = tl.load(_at(cs, tb, SC * H, H + j, cols), mask=am, other=0.0).to(ACC)
+                mm = tl.load(_at(cs, tb, SC * H, 2 * H + j, cols), mask=am, other=0.0).to(ACC)
+                n_prev = tl.load(_at(cs, tpb, SC * H, H + j, cols), mask=am & ~first, other=0.0)
+                n_prev += tl.load(_at(c0, rows, SC * H, H + j, cols), mask=am & first, other=0.0)
+                m_prev = tl.load(_at(cs, tpb, SC * H, 2 * H + j, cols), mask=am & ~first, other=0.0)
+                m_prev += tl.load(_at(c0, rows, SC * H, 2 * H + j, cols), mask=am & first, other=0.0)
+                # an inactive row's values are zeros: n = 1 keeps its (unused) quotients finite
+                d_i, d_f, d_z, d_o, dc_prev, dn_prev = slstm_backward(
+                    dh, dc, dn, pre_i, pre_f, z, o, c, tl.where(a, n, 1.0), mm, c_prev.to(ACC), n_prev.to(ACC),
+                    m_prev.to(ACC))
+                dc_next = tl.where(a, dc_prev, dc)
+                dn_next = tl.where(a, dn_prev, dn)
+                if KP > 0:
+                    own_dn = dn_next
+                else:
+                    tl.store(_at(dcbuf, rows, SD * H, H + j, cols), dn_next, mask=m)
+                _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_i, 0.0), tl.where(a, d_f, 0.0),
+                             tl.where(a, d_z, 0.0), tl.where(a, d_o, 0.0))
             elif CELL == 1:
                 r, z, n, h_n = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 h_prev = tl.load(_at(y, tpb, YW, j, cols), mask=am & ~first, other=0.0)
                 h_prev += tl.load(_at(h0, rows, R, j, cols), mask=am & first, other=0.0)
                 d_r, d_z, d_xn, d_hn, direct = gru_backward(dh, h_prev.to(ACC), r, z, n, h_n)
-                a = active[:, None]
                 _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_r, 0.0), tl.where(a, d_z, 0.0),
                              tl.where(a, d_xn, 0.0), tl.where(a, d_hn, 0.0))
             else:
                 h = tl.load(_at(y, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
                 d_pre = rnn_backward(dh, h, CELL == 3)
-                tl.store(_at(dg, tb, GS, j, cols), tl.where(active[:, None], d_pre, 0.0), mask=m)
+                tl.store(_at(dg, tb, GS, j, cols), tl.where(a, d_pre, 0.0), mask=m)
+            if CARRIES:
+                if KP > 0:
+                    own_dc = dc_next
+                else:
+                    tl.store(_at(dcbuf, rows, SD * H, j, cols), dc_next, mask=m)
             if not HAS_PROJ:  # the carry of an inactive row passes through unchanged
-                nxt = tl.where(active[:, None], direct, carry)
+                nxt = tl.where(a, direct, carry)
                 if KP > 0:
                     own_dh = nxt
                 else:
                     tl.store(_at(dhbuf, rows, R, j, cols), nxt, mask=m)
-        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * SLICES, BARRIER, SPIN_LIMIT)
-        # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block.
+        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * GROUP, BARRIER, SPIN_LIMIT)
+        # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block, gate block by
+        # gate block (GRU: r and z, then the hidden-side n, dg's fourth block), each over the units' heads.
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < R)[None, :]
-            # W_hh^T addressed as rows = hidden units (stride 1), k = gate units (stride R), against d_gates
-            # (GRU: r and z, then the hidden-side n, dg's fourth block).
-            units, real = j + cols, (j + cols) < R
-            if KP > 0:  # resident: one product per gate block, each with its tile held since the launch began
-                acc = _matmul_block(dg, tb, GS, 0, rmask, H, w, 1, R, units, real,
-                                    wb_0, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                if CELL <= 1:
-                    acc += _matmul_block(dg, tb, GS, H, rmask, H, w, 1, R, units, real,
-                                         wb_1, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                    acc += _matmul_block(dg, tb, GS, (2 + CELL) * H, rmask, H, w, 1, R, units, real,
-                                         wb_2, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                if CELL == 0:
-                    acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w, 1, R, units, real,
-                                         wb_3, KP, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            elif CELL == 1:  # streamed: r and z, then the hidden-side n against W_hn
-                acc = _matmul_block(dg, tb, GS, 0, rmask, 2 * H, w, 1, R, units, real,
-                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc += _matmul_block(dg, tb, GS, 3 * H, rmask, H, w + 2 * HR, 1, R, units, real,
-                                     0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-            else:  # streamed: the reduction over every gate unit at once
-                acc = _matmul_block(dg, tb, GS, 0, rmask, G * H, w, 1, R, units, real,
-                                    0, 0, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            # W_hh^T addressed as rows = hidden units (stride 1), k = gate units (stride HD).
+            units = j + cols
+            real, head = units < R, (units // HD) * HD
+            k_lo, k_hi = _head_span(j, R, HD, H, HEADS, BLOCK_H)
+            acc = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), dg, tb, GS, 0, rmask, k_lo, k_hi, w, 1, HD, units,
+                                real, head, HD, wb_0, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            if G > 1:
+                acc = _matmul_block(acc, dg, tb, GS, H, rmask, k_lo, k_hi, w + HB, 1, HD, units, real, head, HD,
+                                    wb_1, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                acc = _matmul_block(acc, dg, tb, GS, (3 if CELL == 1 else 2) * H, rmask, k_lo, k_hi, w + 2 * HB, 1,
+                                    HD, units, real, head, HD, wb_2, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B,
+                                    BLOCK_H, BLOCK_K)
+            if G == 4:
+                acc = _matmul_block(acc, dg, tb, GS, 3 * H, rmask, k_lo, k_hi, w + 3 * HB, 1, HD, units, real, head,
+                                    HD, wb_3, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if KP > 0 and not HAS_PROJ:
                 own_dh += tl.where(active[:, None], acc, 0.0)
             else:
@@ -593,8 +691,9 @@ def sequence_bwd_kernel(
                 old = tl.load(p, mask=m, other=0.0)
                 tl.store(p, old + tl.where(active[:, None], acc, 0.0), mask=m)
         tl.debug_barrier()
-    _put_own_tile(dhbuf, rows, rmask, R, r_lo, own_dh, KP > 0 and not HAS_PROJ, BLOCK_H)
-    _put_own_tile(dcbuf, rows, rmask, H, h_lo, own_dc, KP > 0 and CELL == 0, BLOCK_H)
+    _put_own_tile(dhbuf, rows, rmask, R, 0, r_lo, R, own_dh, KP > 0 and not HAS_PROJ, BLOCK_H)
+    _put_own_tile(dcbuf, rows, rmask, SD * H, 0, h_lo, H, own_dc, KP > 0 and CARRIES, BLOCK_H)
+    _put_own_tile(dcbuf, rows, rmask, SD * H, H, h_lo, H, own_dn, KP > 0 and CELL == 4, BLOCK_H)
 
 
 # ----------------------------------------------------------------------------
@@ -658,16 +757,17 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
     """Launch ``kernel`` over reverse-or-forward steps [0, steps) as ``plan`` says.
 
     ``head`` are the arguments before the barrier counters, ``tail`` those after
-    the step range. One slice: one launch, no barrier. Several slices in one
-    launch: one cooperative launch with the barrier, fresh zeroed counters, and
-    an asynchronous check that no wait gave up. Otherwise (the interpreter, a
-    grid the plan does not fit, or a cooperative launch the driver refuses):
-    one launch per step and phase.
+    the step range. No programs that meet (one slice, or each owning whole
+    heads): one launch, no barrier. Programs that meet, in one launch: one
+    cooperative launch with the barrier, fresh zeroed counters (one per group
+    of programs that meet), and an asynchronous check that no wait gave up.
+    Otherwise (the interpreter, a grid the plan does not fit, or a cooperative
+    launch the driver refuses): one launch per step and phase.
     """
     grid = plan.grid(batch)
     everything = sum(phases)
     if plan.barrier:
-        sync = torch.zeros(grid[0], dtype=torch.int32, device=device)
+        sync = torch.zeros(grid[0] * (plan.slices // plan.meeting), dtype=torch.int32, device=device)
         args = (*head, sync, 0, steps, *tail)
         if _launch_together(kernel, grid, args, dict(meta, PHASES=everything)):
             torch._assert_async(
@@ -678,7 +778,7 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
             return
         meta = dict(meta, BARRIER=False)
     placeholder = head[0]  # the counters are not read without a barrier
-    if plan.slices == 1:
+    if plan.meeting == 1:
         launch(kernel, grid, *head, placeholder, 0, steps, *tail, PHASES=everything, **meta)
         return
     for step in range(steps):
@@ -686,9 +786,17 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
             launch(kernel, grid, *head, placeholder, step, step + 1, *tail, PHASES=phase, **meta)
 
 
+def reduction_span(hidden: int, head_dim: int, block_h: int) -> int:
+    """The most reduction indices one block of ``block_h`` of ``hidden`` units sums over when its heads are
+    ``head_dim`` wide: the columns of the heads the block touches (``_head_span``)."""
+    return max((min(j + block_h, hidden) - 1) // head_dim * head_dim + head_dim - j // head_dim * head_dim
+               for j in range(0, hidden, block_h))
+
+
 def _resident_width(plan: SequencePlan, hidden: int, width: int) -> int:
-    """The KP constexpr: ``width`` (the reduction width of the recurrent product) padded to a power of two when
-    ``plan`` keeps W_hh on chip, else 0 (streamed). A resident program owns one block of hidden units."""
+    """The KP constexpr: the reduction span of one block of units (``width``, the state, or with heads
+    ``reduction_span``) padded to a power of two when ``plan`` keeps W_hh on chip, else 0 (streamed). A resident
+    program owns one block of hidden units."""
     if not plan.resident:
         return 0
     if plan.columns(hidden) != plan.blocks.block_h:
@@ -724,82 +832,100 @@ def _part(t: torch.Tensor | None, d: slice, width: int = 0) -> torch.Tensor | No
     return t[..., d.start * width : d.stop * width] if width else t[d]
 
 
+def layer_sizes(w_hh: torch.Tensor, w_hr: torch.Tensor | None, cell: int) -> tuple[int, int, int, int, int]:
+    """(D, G, H, R, HD) of a layer from its weights: directions, gate rows G = gates x H, hidden units, the
+    width of h (the projection size with w_hr, else H) and the head width (HD < H: W_hh (D, G, HD) holds the
+    (HD x HD) blocks of a block-diagonal W_hh; else R, one head)."""
+    D, G, K = w_hh.shape
+    if w_hr is not None:
+        return D, G, w_hr.shape[2], K, K
+    H = G // GATES[cell]
+    if H % K:
+        raise ValueError(f"W_hh of {G} rows and {K} columns: the head width {K} must divide the {H} hidden units")
+    return D, G, H, H, K
+
+
 def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool, plan: SequencePlan):
     """One layer over the whole sequence in D directions (1, or 2: a bidirectional layer, direction 1 in
     reverse), covered as ``plan`` says (both directions in one launch when ``plan.directions`` is 2).
 
-    xp (T, B, D*G) input projection with biases folded, directions side by side; w_hh (D, G, R); b_hn (D, H)
-    or None (GRU); w_hr (D, R, H) or None (LSTM projection; R = H without it); h0 (D, B, R) and c0 (D, B, H)
-    (c0 only for LSTM); lengths (B,) int64. Returns y (T, B, D*R), h_n (D, B, R), c_n (D, B, H), the saved
-    gates (D, T, B, 4H) and cell states (D, T, B, H) when ``save`` (what backward reads), and the
-    pre-projection outputs m (D, T, B, H); unused ones are empty.
+    xp (T, B, D*G) input projection with biases folded, directions side by side; w_hh (D, G, R), or with heads
+    (D, G, HD) (``layer_sizes``); b_hn (D, H) or None (GRU); w_hr (D, R, H) or None (LSTM projection; R = H
+    without it); h0 (D, B, R) and c0 (D, B, S*H), the owned states (LSTM c; sLSTM c, n, m side by side);
+    lengths (B,) int64. Returns y (T, B, D*R), h_n (D, B, R), c_n (D, B, S*H), the saved gates (D, T, B, 4H)
+    and owned states of every step (D, T, B, S*H) when ``save`` (what backward reads), and the pre-projection
+    outputs m (D, T, B, H); unused ones are empty.
     """
     xp, w_hh, b_hn, w_hr = _contiguous(xp, w_hh, b_hn, w_hr)
-    D, G, R = w_hh.shape
+    D, G, H, R, HD = layer_sizes(w_hh, w_hr, cell)
     T, B, _ = xp.shape
-    H = w_hr.shape[2] if w_hr is not None else R
     acc = _compute_dtype(xp.dtype)
     y = new_output(xp, (T, B, D * R))
     hbuf = new_output(xp, (D, 2, B, R))  # the broadcast h, in the dtype the products consume it in
     hbuf[:, 0].copy_(h0)
-    is_lstm = cell == LSTM
+    owned = OWNED[cell]
     state = xp.new_empty(0, dtype=acc)
-    own = c0 if is_lstm else h0 if cell == GRU else None  # state each program keeps for its own units
-    cbuf = new_output(state, (D, B, H)).copy_(own) if own is not None else state
+    own = h0 if cell == GRU else c0  # states each program keeps for its own units
+    cbuf = new_output(state, (D, B, owned * H)).copy_(own) if owned else state
+    # FlashRNN's sLSTM starts with m = pre_i when the initial normaliser is zero everywhere (on the device: no sync)
+    zero_n = (cbuf[..., H : 2 * H] == 0).all().to(torch.int32).reshape(1) if cell == SLSTM else lengths
     save = save and SAVED[cell] > 0
     ws = new_output(state, (D, T, B, SAVED[cell] * H) if save else (0,))
-    cs = new_output(state, (D, T, B, H) if save and is_lstm else (0,))
+    cs = new_output(state, (D, T, B, owned * H) if save and cell != GRU else (0,))
     ms = new_output(xp, (D, T, B, H) if w_hr is not None else (0,))
     phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
+    span = reduction_span(H, HD, plan.blocks.block_h) if HD < R else R
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, xp.dtype, plan)
-        meta.update(DIRS=D, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, SAVE=save,
-                    KP=_resident_width(plan, H, R), GATES_P2=triton.next_power_of_2(GATES[cell]))
+        meta.update(DIRS=D, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, HEADS=HD < R, SAVE=save,
+                    KP=_resident_width(plan, H, span), GATES_P2=triton.next_power_of_2(GATES[cell]))
         head = (
             _part(xp, d, G), _part(w_hh, d), _or_dummy(_part(b_hn, d), xp), _or_dummy(_part(w_hr, d), xp), lengths,
-            _part(y, d, R), _part(hbuf, d), _or_dummy(_part(cbuf, d), xp), _or_dummy(_part(ws, d), xp),
+            zero_n, _part(y, d, R), _part(hbuf, d), _or_dummy(_part(cbuf, d), xp), _or_dummy(_part(ws, d), xp),
             _or_dummy(_part(cs, d), xp), _or_dummy(_part(ms, d), xp),
         )
-        tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+        tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices, HD, plan.meeting)
         _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
     h_n = hbuf[:, T % 2].clone()
-    c_n = cbuf.to(xp.dtype) if is_lstm else xp.new_empty(0)
+    c_n = cbuf.to(xp.dtype) if cell in (LSTM, SLSTM) else xp.new_empty(0)
     return y, h_n, c_n, ws, cs, ms
 
 
 def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool,
-                      plan: SequencePlan):
+                      plan: SequencePlan, dcs: torch.Tensor | None = None):
     """Reverse-time pass of one layer in D directions, covered as ``plan`` says (as ``sequence_forward``).
 
-    Gradients dy (T, B, D*R), dh_n (D, B, R) and dc_n (D, B, H) (dc_n only for LSTM), and the forward's
-    tensors. Returns the gate gradients (D, T, B, GS) with GS = 4H, 4H (GRU: r, z, input-side n, hidden-side
-    n) or H, zero past each length; dh0 (D, B, R) and dc0 (D, B, H) (empty except for LSTM) in the compute
-    dtype; and with a projection the gradient of each step's h, (D, T, B, R), zero past each length (else
-    empty).
+    Gradients dy (T, B, D*R), dh_n (D, B, R) and dc_n (D, B, C*H), the carried owned states' (LSTM c; sLSTM
+    c, n side by side; None for GRU and RNN), optionally dcs (D, T, B, C*H), the gradients of those states at
+    every step (None: zero), and the forward's tensors. Returns the gate gradients (D, T, B, GS) with GS = 4H
+    (GRU: r, z, input-side n, hidden-side n) or H, zero past each length; dh0 (D, B, R) and dc0 (D, B, C*H)
+    (empty for GRU and RNN) in the compute dtype; and with a projection the gradient of each step's h,
+    (D, T, B, R), zero past each length (else empty).
     """
-    dy, w_hh, w_hr, h0, c0, y, ws, cs = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs)
-    D, G, R = w_hh.shape
+    dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs)
+    D, G, H, R, HD = layer_sizes(w_hh, w_hr, cell)
     T, B, _ = y.shape
-    H = w_hr.shape[2] if w_hr is not None else R
-    gs = {LSTM: 4, GRU: 4}.get(cell, 1) * H
+    gs = (4 if G > H else 1) * H
     acc = _compute_dtype(y.dtype)
     dg = new_output(y, (D, T, B, gs))
     dhs = new_output(y, (D, T, B, R) if w_hr is not None else (0,))
     dhbuf = new_output(y.new_empty(0, dtype=acc), (D, B, R)).copy_(dh_n)
-    is_lstm = cell == LSTM
-    dcbuf = new_output(dhbuf, (D, B, H)).copy_(dc_n) if is_lstm else dhbuf.new_empty(0)
+    carried = CARRIED[cell]
+    dcbuf = new_output(dhbuf, (D, B, carried * H)).copy_(dc_n) if carried else dhbuf.new_empty(0)
     phases = [BWD_GATES.value, BWD_CARRY.value]
     if w_hr is not None:
         phases.insert(0, BWD_PROJ.value)
+    span = reduction_span(R, HD, plan.blocks.block_h) if HD < R else H
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
-        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, KP=_resident_width(plan, H, H))
+        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, STATE_GRADS=dcs is not None,
+                    KP=_resident_width(plan, H, span))
         head = (
-            _part(dy, d, R), _part(w_hh, d), _or_dummy(_part(w_hr, d), y), _or_dummy(_part(h0, d), y),
-            _or_dummy(_part(c0, d), y), lengths, _part(y, d, R), _or_dummy(_part(ws, d), y),
-            _or_dummy(_part(cs, d), y), _part(dg, d), _or_dummy(_part(dhs, d), y), _part(dhbuf, d),
-            _or_dummy(_part(dcbuf, d), y),
+            _part(dy, d, R), _or_dummy(_part(dcs, d), y), _part(w_hh, d), _or_dummy(_part(w_hr, d), y),
+            _or_dummy(_part(h0, d), y), _or_dummy(_part(c0, d), y), lengths, _part(y, d, R),
+            _or_dummy(_part(ws, d), y), _or_dummy(_part(cs, d), y), _part(dg, d), _or_dummy(_part(dhs, d), y),
+            _part(dhbuf, d), _or_dummy(_part(dcbuf, d), y),
         )
-        tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices)
+        tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices, HD, plan.meeting)
         _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)
     return dg, dhbuf, dcbuf, dhs
