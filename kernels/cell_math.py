@@ -156,7 +156,8 @@ def log_sigmoid(x):
     u = 1 + e (exact where u rounds to 1: then e itself), so the result keeps its relative accuracy for large x."""
     e = tl.exp(-tl.abs(x))
     u = 1.0 + e
-    log1p = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+    exact = u == 1.0
+    log1p = tl.where(exact, e, tl.log(u) * (e / tl.where(exact, 1.0, u - 1.0)))
     return tl.minimum(x, 0.0) - log1p
 
 

@@ -63,10 +63,11 @@ def _layer(cell: int, proj: int, device, directions: int = 1) -> dict:
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, dtype=torch.float64, device=device) * scale
 
+    owned = K.OWNED[cell] if cell != K.GRU else 0
     return dict(
         xp=randn(T, B, D * G), w_hh=randn(D, G, R, scale=0.3), b_hn=randn(D, H) if cell == K.GRU else None,
         w_hr=randn(D, R, H, scale=0.3) if proj else None, h0=randn(D, B, R),
-        c0=randn(D, B, H) if cell == K.LSTM else None,
+        c0=randn(D, B, owned * H).abs() if owned else None,  # the sLSTM's n >= 0
         lengths=torch.tensor([T, 1, 3, 2] * 4 + [2, T, 1], device=device),
     )
 
@@ -79,9 +80,12 @@ def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device, lay
                                  reverse, True, plan)
         y, h_n, c_n, ws, cs, ms = out
         torch.manual_seed(7)
-        dy, dh_n, dc_n = torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n) if cell == K.LSTM else None
+        carried = K.CARRIED[cell] * c_n.shape[-1] // max(K.OWNED[cell], 1)  # LSTM c; sLSTM c, n (not m)
+        dy, dh_n = torch.randn_like(y), torch.randn_like(h_n)
+        dc_n = torch.randn_like(c_n)[..., :carried] if carried else None
+        dcs = torch.randn_like(cs)[..., :carried] if carried else None  # gradients of every step's c (and n)
         grads = K.sequence_backward(dy, dh_n, dc_n, a["w_hh"], a["w_hr"], a["h0"], a["c0"], a["lengths"], y, ws, cs,
-                                    cell, reverse, plan)
+                                    cell, reverse, plan, dcs)
     return [*out, *grads], launches
 
 
@@ -100,7 +104,7 @@ def _plans(resident: bool, directions: int = 1) -> tuple:
 
 # (cell, projection, reverse, directions): direction 1 of a bidirectional launch runs in reverse.
 BARRIER_CASES = [(K.LSTM, 0, False, 1), (K.LSTM, P, True, 1), (K.GRU, 0, True, 1), (K.RNN_TANH, 0, False, 1),
-                 (K.LSTM, P, False, 2), (K.GRU, 0, False, 2)]
+                 (K.LSTM, P, False, 2), (K.GRU, 0, False, 2), (K.SLSTM, 0, True, 1)]
 
 
 def _assert_bitwise(got: list, want: list) -> None:
@@ -110,7 +114,7 @@ def _assert_bitwise(got: list, want: list) -> None:
 
 @pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
 @pytest.mark.parametrize(("cell", "proj", "reverse", "directions"), BARRIER_CASES,
-                         ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn", "lstm-proj-bi", "gru-bi"])
+                         ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn", "lstm-proj-bi", "gru-bi", "slstm-rev"])
 def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, directions, resident, device,
                                                              monkeypatch):
     """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase; both
@@ -133,6 +137,79 @@ def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse
     assert launches.grids == {"sequence_fwd_kernel": {grid}, "sequence_bwd_kernel": {grid}}
     if device == "cpu":  # every program of each launch ran in a thread of its own, all at once
         assert threads == [grid[0] * grid[1]] * 2
+    _assert_bitwise(got, want)
+
+
+# ----------------------------------------------------------------------------
+# Heads: programs meet only with those that share their heads, and not at all when each owns whole heads
+# ----------------------------------------------------------------------------
+HEADS_H = 64  # 4 blocks of 16 units per batch tile
+
+
+def _head_layer(cell: int, head: int, directions: int, device) -> dict:
+    """A layer whose W_hh is block-diagonal with heads ``head`` units wide, stored compact (D, G, head)."""
+    layer = _layer(cell, 0, device, directions)
+    G = K.GATES[cell] * HEADS_H
+    torch.manual_seed(head)
+    owned = K.OWNED[cell] if cell != K.GRU else 0
+    layer.update(xp=torch.randn(T, B, directions * G, dtype=torch.float64, device=device),
+                 w_hh=0.3 * torch.randn(directions, G, head, dtype=torch.float64, device=device),
+                 b_hn=torch.randn(directions, HEADS_H, dtype=torch.float64, device=device) if cell == K.GRU else None,
+                 h0=torch.randn(directions, B, HEADS_H, dtype=torch.float64, device=device),
+                 c0=torch.rand(directions, B, owned * HEADS_H, dtype=torch.float64, device=device) if owned else None)
+    return layer
+
+
+def _recording_barriers(monkeypatch) -> list[bool]:
+    """The BARRIER constexpr of every sequence kernel launch from now on."""
+    seen, real_launch = [], K.launch
+
+    def recording(kernel, grid, *args, **kwargs):
+        seen.append(kwargs["BARRIER"])
+        real_launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(K, "launch", recording)
+    return seen
+
+
+# (cell, head width, resident, directions): 32-wide heads span two programs of 16 units (they meet in pairs);
+# 16-wide heads are one program each (no program meets another).
+HEAD_CASES = [(K.LSTM, 32, True, 1), (K.GRU, 32, False, 2), (K.SLSTM, 32, False, 1), (K.SLSTM, 16, True, 2),
+              (K.RNN_TANH, 16, False, 1)]
+
+
+@pytest.mark.parametrize(("cell", "head", "resident", "directions"), HEAD_CASES,
+                         ids=["lstm-32-resident", "gru-32-bi", "slstm-32", "slstm-16-resident-bi", "rnn-16"])
+def test_heads_meet_only_within_a_head_and_whole_heads_never(cell, head, resident, directions, device, monkeypatch):
+    """With heads, a plan's programs that share a head meet at a barrier with a counter per (direction, batch
+    tile, head), and programs that each own whole heads never meet: the plan says so (``meeting``), the kernels
+    launch with BARRIER off, once per layer even where the programs run one after another (the interpreter).
+    The one launch with real barriers (threads, a slowed last program) gives the bits of one launch per step
+    and phase, forward and backward."""
+    monkeypatch.setattr(K, "SPIN_LIMIT", TEST_SPIN_LIMIT)
+    if resident:
+        forms = [resident_plan(B, HEADS_H, torch.float64, 132, concurrent=c, directions=directions, head_dim=head)
+                 for c in (False, True)]
+    else:
+        forms = [make_plan(B, HEADS_H, torch.float64, 4, 132, concurrent=c, directions=directions, head_dim=head)
+                 for c in (False, True)]
+    stepped, persistent = forms
+    grid = (directions * 2, 4)
+    assert stepped.grid(B) == persistent.grid(B) == grid and persistent.columns(HEADS_H) == 16
+    layer = _head_layer(cell, head, directions, device)
+    barriers = _recording_barriers(monkeypatch)
+    want, stepped_launches = _forward_and_backward(cell, 0, False, stepped, device, layer)
+    with concurrent_programs(straggler_s=0.02) if device == "cpu" else contextlib.nullcontext():
+        got, launches = _forward_and_backward(cell, 0, False, persistent, device, layer)
+    if head == 16:  # each program owns a whole head
+        assert persistent.meeting == stepped.meeting == 1 and not persistent.barrier and stepped.one_launch
+        assert stepped_launches.by_kernel == launches.by_kernel == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
+        assert barriers == [False] * 4
+    else:  # two programs per head meet
+        assert persistent.meeting == 2 and persistent.barrier and not stepped.one_launch
+        assert stepped_launches.by_kernel == {"sequence_fwd_kernel": T, "sequence_bwd_kernel": 2 * T}
+        assert launches.by_kernel == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
+        assert barriers == [False] * 3 * T + [True] * 2
     _assert_bitwise(got, want)
 
 
