@@ -59,19 +59,23 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * dirs)
     proj = getattr(module, "proj_size", 0)
-    path = choose_path(module.mode, module.hidden_size, proj, x.dtype, device_sms(x.device), device_shared(x.device))
+    if triton_runs_on(x):
+        path = choose_path(module.mode, module.hidden_size, proj, x.dtype, device_sms(x.device), device_shared(x.device))
+        cells = STEPWISE_CELLS
+    else:  # the multi-head layers and the sLSTM where no kernel runs: plain torch (torch.nn cannot run them)
+        path, cells = "reference", reference.CELLS
     h_n, c_n = [], []
     for layer in range(module.num_layers):
         rows = slice(layer * dirs, (layer + 1) * dirs)  # this layer's directions in h0, c0 and h_n
         directions = [weights[k * per : (k + 1) * per] for k in range(rows.start, rows.stop)]
-        if path == "stepwise":
+        if path != "sequence":
             outs = []
             for d, w in enumerate(directions):
                 b_ih, b_hh = (w[2][None], w[3][None]) if module.bias else (None, None)
                 xp, b_hn = sequence_ops.project(x, w[0][None], b_ih, b_hh, cell)
                 y, h, c = reference.sequence(
                     module.mode, xp, w[1], None if b_hn is None else b_hn[0], w[-1] if proj > 0 else None,
-                    h0[rows.start + d], None if c0 is None else c0[rows.start + d], lengths, d == 1, STEPWISE_CELLS,
+                    h0[rows.start + d], None if c0 is None else c0[rows.start + d], lengths, d == 1, cells,
                 )
                 outs.append(y)
                 h_n.append(h[None])
@@ -89,7 +93,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             c_n.append(c)
         if module.dropout > 0 and module.training and layer < module.num_layers - 1:
             x = F.dropout(x, module.dropout, training=True)
-    return x, torch.cat(h_n), (torch.cat(c_n) if cell == K.LSTM else None)
+    return x, torch.cat(h_n), (torch.cat(c_n) if cell in (K.LSTM, K.SLSTM) else None)
 
 
 def _check_attributes(x: Tensor, states: tuple[Tensor, ...], params: list[Tensor]) -> None:
@@ -129,18 +133,22 @@ def fused_forward(module: nn.RNNBase, input, hx):
     return output, hidden
 
 
+# States of a layer's hx beside h, (L*D, batch, H) each: LSTM c; sLSTM c, n, m.
+OTHER_STATES = {"LSTM": 1, "SLSTM": 3}
+
+
 def _state_sizes(module: nn.RNNBase, batch: int) -> list[tuple[int, int, int]]:
-    """The state sizes torch.nn expects: hidden (L*D, batch, H_out), then for LSTM the cell state (L*D, batch, H)."""
+    """The state sizes torch.nn expects: hidden (L*D, batch, H_out), then for LSTM the cell state (L*D, batch, H)
+    (the sLSTM: c, n and m)."""
     rows = module.num_layers * (2 if module.bidirectional else 1)
     h_out = module.proj_size if module.proj_size > 0 else module.hidden_size
-    sizes = [(rows, batch, h_out)]
-    return sizes + [(rows, batch, module.hidden_size)] if module.mode == "LSTM" else sizes
+    return [(rows, batch, h_out)] + [(rows, batch, module.hidden_size)] * OTHER_STATES.get(module.mode, 0)
 
 
 def _zero_states(module: nn.RNNBase, batch: int, x: Tensor):
-    """Zero initial states in hx's structure (a pair for LSTM), of x's dtype and device."""
+    """Zero initial states in hx's structure (a tuple for LSTM and sLSTM), of x's dtype and device."""
     zeros = tuple(torch.zeros(size, dtype=x.dtype, device=x.device) for size in _state_sizes(module, batch))
-    return zeros if module.mode == "LSTM" else zeros[0]
+    return zeros if module.mode in OTHER_STATES else zeros[0]
 
 
 def _packed_batch(module: nn.RNNBase, input: PackedSequence, hx) -> int:
@@ -154,7 +162,7 @@ def _packed_batch(module: nn.RNNBase, input: PackedSequence, hx) -> int:
         return int(input.batch_sizes[0])
     if input.sorted_indices is not None:
         return input.sorted_indices.shape[0]
-    state = hx[0] if hx is not None and module.mode == "LSTM" else hx
+    state = hx[0] if hx is not None and module.mode in OTHER_STATES else hx
     if state is not None and state.dim() == 3:
         return state.shape[1]
     return packing.packed_batch(input.batch_sizes, torch.empty(0))  # a fresh token per call: see packed_batch
@@ -167,10 +175,9 @@ def _check_forward_args(module: nn.RNNBase, x: Tensor, hx, batch_sizes: Tensor |
         module.check_forward_args(x, hx, batch_sizes)
         return
     module.check_input(x, batch_sizes)
-    if module.mode == "LSTM":  # torch.nn.LSTM's messages
-        messages = ("Expected hidden[0] size {}, got {}", "Expected hidden[1] size {}, got {}")
-        for state, size, message in zip(hx, _state_sizes(module, batch), messages):
-            module.check_hidden_size(state, size, message)
+    if module.mode in OTHER_STATES:  # torch.nn.LSTM's messages
+        for i, (state, size) in enumerate(zip(hx, _state_sizes(module, batch), strict=True)):
+            module.check_hidden_size(state, size, f"Expected hidden[{i}] size {{}}, got {{}}")
     else:
         module.check_hidden_size(hx, _state_sizes(module, batch)[0])
 
@@ -178,7 +185,7 @@ def _check_forward_args(module: nn.RNNBase, x: Tensor, hx, batch_sizes: Tensor |
 def _forward(module: nn.RNNBase, input, hx):
     """torch.nn.RNNBase.forward's contract on the fused kernels."""
     module._update_flat_weights()
-    is_lstm = module.mode == "LSTM"
+    is_lstm = module.mode in OTHER_STATES  # hx is a tuple (LSTM: h, c; sLSTM: h, c, n, m)
     packed = isinstance(input, PackedSequence)
     if packed:
         data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -215,7 +222,7 @@ def _forward(module: nn.RNNBase, input, hx):
         if padded.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         lengths = torch.full((padded.shape[1],), padded.shape[0], dtype=torch.int64, device=x.device)
-    h0, c0 = hx if is_lstm else (hx, None)
+    h0, c0 = (hx[0], torch.cat(hx[1:], dim=-1)) if is_lstm else (hx, None)
     y, h_n, c_n = run_layers(module, padded, h0, c0, lengths)
     if packed:
         output = PackedSequence(packing.pack(y, positions), batch_sizes, sorted_indices, unsorted_indices)
@@ -223,7 +230,7 @@ def _forward(module: nn.RNNBase, input, hx):
         output = y.transpose(0, 1) if module.batch_first else y
         if not is_batched:
             output = output.squeeze(0 if module.batch_first else 1)
-    hidden = (h_n, c_n) if is_lstm else h_n
+    hidden = (h_n, *c_n.chunk(len(hx) - 1, dim=-1)) if is_lstm else h_n
     if not packed and not is_batched:
         hidden = tuple(s.squeeze(1) for s in hidden) if is_lstm else hidden.squeeze(1)
     return output, module.permute_hidden(hidden, unsorted_indices)

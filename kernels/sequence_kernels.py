@@ -65,6 +65,7 @@ log = logging.getLogger("fused_rnn")
 
 LSTM, GRU, RNN_TANH, RNN_RELU, SLSTM = 0, 1, 2, 3, 4
 CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "SLSTM": SLSTM}
+NN_CELLS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")  # torch.nn's modes (the sLSTM is FlashRNN's)
 GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1, SLSTM: 4}
 # Gate values saved per step for backward (LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; sLSTM the
 # pre-activations of i and f, z and o).

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+from packaging.version import Version
 
 import fused_rnn
 from fused_rnn.kernels.launch import count_launches, poison_outputs
@@ -33,22 +35,23 @@ def reference(function: str, Wx, R, b, states):
     return flashrnn(Wx, R, b, states, function=function, backend=backend, dtype="float32")
 
 
-def inputs(function: str, heads: int, head: int, dtype: torch.dtype, scale: float = 1.0, seed: int = 0,
-           steps: int = T):
-    """FlashRNN's tensors (Wx, R, b, initial states), leaves requiring grad; the sLSTM's initial n positive."""
+def inputs(function: str, heads: int, head: int, dtype: torch.dtype, device: str, scale: float = 1.0, seed: int = 0,
+           steps: int = T, batch: int = B):
+    """FlashRNN's tensors (Wx, R, b, initial states) on ``device``, leaves requiring grad; the sLSTM's initial n
+    positive."""
     gw, gb, states = SHAPES[function]
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape, s=1.0):
         return (s * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
 
-    Wx = randn(B, steps, gw, heads, head, s=scale)
+    Wx = randn(batch, steps, gw, heads, head, s=scale)
     R = randn(gw if function != "gru" else 3, heads, head, head, s=head ** -0.5)
     b = randn(gb, heads, head)
-    s0 = randn(states, B, 1, heads, head)
+    s0 = randn(states, batch, 1, heads, head)
     if function == "slstm":
         s0[2] = s0[2].abs() + 0.5
-    return [t.requires_grad_() for t in (Wx, R, b, s0)]
+    return [t.to(device).requires_grad_() for t in (Wx, R, b, s0)]
 
 
 def outputs_and_grads(fn, function: str, tensors):
@@ -78,10 +81,10 @@ CASES = [
 @pytest.mark.parametrize(("function", "heads", "head", "plan"), CASES,
                          ids=["lstm-3x16", "slstm-2x48-split", "slstm-2x24-resident", "gru-2x24", "elman-4x8",
                               "lstm-1x40"])
-def test_matches_flashrnn_in_fp64(function, heads, head, plan):
-    """Every result and gradient within the fp64 bound of FlashRNN's, NaN-poisoned outputs all written, one
-    sequence kernel launch each way."""
-    tensors = inputs(function, heads, head, torch.float64)
+def test_matches_flashrnn_in_fp64(function, heads, head, plan, device):
+    """Every result and gradient within the fp64 bound of FlashRNN's, NaN-poisoned outputs all written, by the
+    sequence kernels."""
+    tensors = inputs(function, heads, head, torch.float64, device)
     want = outputs_and_grads(reference, function, tensors)
     with fused_rnn.force_path("sequence", **plan), count_launches() as launches, poison_outputs():
         got = outputs_and_grads(fused, function, tensors)
@@ -91,21 +94,22 @@ def test_matches_flashrnn_in_fp64(function, heads, head, plan):
 
 
 @pytest.mark.parametrize("function", ["lstm", "slstm", "gru"])
-def test_fp32_error_within_a_factor_of_flashrnns_own(function):
-    """In fp32 each result's error against FlashRNN's fp64 result is within the library's stated factor
-    (helpers.TORCH_FACTOR) of the error FlashRNN itself makes in fp32 on the same inputs."""
-    exact = outputs_and_grads(reference, function, inputs(function, 3, 16, torch.float64))
-    theirs = outputs_and_grads(reference, function, inputs(function, 3, 16, torch.float32))
-    ours = outputs_and_grads(fused, function, inputs(function, 3, 16, torch.float32))
+def test_fp32_error_within_a_factor_of_flashrnns_own(function, device, monkeypatch):
+    """In fp32 (IEEE products) each result's error against FlashRNN's fp64 result is within the library's stated
+    factor (helpers.TORCH_FACTOR) of the error FlashRNN itself makes in fp32 on the same inputs."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    exact = outputs_and_grads(reference, function, inputs(function, 3, 16, torch.float64, device))
+    theirs = outputs_and_grads(reference, function, inputs(function, 3, 16, torch.float32, device))
+    ours = outputs_and_grads(fused, function, inputs(function, 3, 16, torch.float32, device))
     for o, t, e, name in zip(ours, theirs, exact, NAMES, strict=True):
         assert o.dtype == torch.float32
         assert_close(o, e, torch.float32, f"{function} {name}", torch_out=t)
 
 
-def test_slstm_is_stable_over_long_sequences_with_large_preactivations():
+def test_slstm_is_stable_over_long_sequences_with_large_preactivations(device):
     """T = 1000 with gate pre-activations up to |50|: every output and gradient finite and within the fp64
     bound of FlashRNN's (its stabiliser keeps each exponent <= 0; so does ours)."""
-    tensors = inputs("slstm", 1, 16, torch.float64, scale=25.0, seed=3, steps=1000)
+    tensors = inputs("slstm", 1, 16, torch.float64, device, scale=25.0, seed=3, steps=1000, batch=2)
     assert tensors[0].abs().max() > 50
     want = outputs_and_grads(reference, "slstm", tensors)
     got = outputs_and_grads(fused, "slstm", tensors)
@@ -114,21 +118,41 @@ def test_slstm_is_stable_over_long_sequences_with_large_preactivations():
         assert_close(g, w, torch.float64, f"slstm T=1000 {name}")
 
 
-def test_default_states_are_zero_and_the_first_step_takes_m_from_the_input_gate():
+def test_default_states_are_zero_and_the_first_step_takes_m_from_the_input_gate(device):
     """Without states FlashRNN starts from zeros, and with n = 0 everywhere its sLSTM's first step sets m to the
     input gate's pre-activation (``torch.all(n == 0)``): the same here."""
-    Wx, R, b, _ = inputs("slstm", 2, 16, torch.float64)
+    Wx, R, b, _ = inputs("slstm", 2, 16, torch.float64, device)
     want = reference("slstm", Wx, R, b, None)
     got = fused("slstm", Wx, R, b, None)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float64, "slstm from zero states")
 
 
-def test_rejects_what_it_cannot_run():
-    Wx, R, b, s0 = inputs("lstm", 2, 16, torch.float64)
+def test_rejects_what_it_cannot_run(device):
+    Wx, R, b, s0 = inputs("lstm", 2, 16, torch.float64, device)
     with pytest.raises(ValueError, match="unknown function"):
         fused_rnn.flashrnn(Wx, R, b, s0, function="mlstm")
     with pytest.raises(ValueError, match="does not match"):
         fused_rnn.flashrnn(Wx, R[:, :1], b, s0, function="lstm")
     with pytest.raises(ValueError, match="states"):
         fused_rnn.flashrnn(Wx, R, b, s0[:1], function="lstm")
+
+
+TRITON = Version(triton.__version__)
+
+
+@pytest.mark.skipif(TRITON >= Version("3.9"), reason=(
+    f"FlashRNN's Triton kernels use block pointers (tl.make_block_ptr), which Triton 3.9 removed (this is "
+    f"{triton.__version__}); they run with Triton 3.6, the GPU machine's version"))
+@pytest.mark.parametrize("function", ["lstm", "slstm"])
+def test_matches_flashrnns_triton_kernels(function, device):
+    """A second oracle: FlashRNN's own Triton kernels (backend "triton_fused", LSTM and sLSTM only) on the same
+    fp32 inputs, in Triton's interpreter or on the GPU: each of our results' error against FlashRNN's fp64
+    result within the stated factor (helpers.TORCH_FACTOR) of the error of FlashRNN's Triton kernels."""
+    exact = outputs_and_grads(reference, function, inputs(function, 2, 16, torch.float64, device, batch=16))
+    tensors = inputs(function, 2, 16, torch.float32, device, batch=16)
+    theirs = outputs_and_grads(lambda f, *t: flashrnn(*t, function=f, backend="triton_fused", dtype="float32"),
+                               function, tensors)
+    ours = outputs_and_grads(fused, function, tensors)
+    for o, t, e, name in zip(ours, theirs, exact, NAMES, strict=True):
+        assert_close(o, e, torch.float32, f"{function} {name} against FlashRNN's Triton kernels", torch_out=t)
