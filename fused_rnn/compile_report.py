@@ -95,7 +95,7 @@ TARGETS = {
     )
 }
 
-CELLS = ("LSTM", "LSTM_PROJ", "GRU", "RNN_TANH", "RNN_RELU")
+CELLS = ("LSTM", "LSTM_PROJ", "GRU", "RNN_TANH", "RNN_RELU", "SLSTM")
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,12 @@ class Case:
     reverse: bool  # one direction in reverse; else a bidirectional layer (both directions, the second in reverse)
     bias: bool
     tf32: bool  # torch.backends.cudnn.allow_tf32, which the sequence kernels follow
+    heads: int = 1  # heads of a block-diagonal W_hh (the multi-head layers, FlashRNN's API)
 
     def __str__(self) -> str:
         direction = "reverse" if self.reverse else "bidirectional"
-        flags = [self.cell, self.dtype, f"H={self.hidden}", f"B={self.batch}", direction]
+        heads = [f"{self.heads}x{self.hidden // self.heads}"] if self.heads > 1 else []
+        flags = [self.cell, self.dtype, f"H={self.hidden}", *heads, f"B={self.batch}", direction]
         flags += [] if self.bias else ["no bias"]
         flags += [] if self.tf32 else ["no tf32"]
         return " ".join(flags)
@@ -153,6 +155,21 @@ FULL = Grid(
     bias=(True, False),
     tf32=(True, False),
 )
+# Heads (the multi-head layers and FlashRNN's API): FlashRNN's setup, total hidden 768 in heads of 16, 32, 64 and
+# 128 (a head per program, and heads over 2, 4, 8 programs of 16 units), and heads 24 and 8 wide (blocks of 16
+# units straddling two heads, and several heads a block). One direction and both, batch 16 (FlashRNN's) and 4096.
+HEAD_SHAPES = ((768, 48), (768, 24), (768, 12), (768, 6), (96, 4), (64, 8))
+
+
+def head_cases() -> list[Case]:
+    """The heads grid: every multi-head cell, dtype and head shape (``HEAD_SHAPES``)."""
+    return [Case(cell, dtype, hidden, batch, reverse, True, tf32, heads)
+            for cell in ("LSTM", "GRU", "RNN_TANH", "SLSTM")
+            for dtype in ("float32", "float16", "bfloat16", "float64")
+            for hidden, heads in HEAD_SHAPES for batch in (16, 4096) for reverse in (False, True)
+            for tf32 in ((True, False) if dtype == "float32" else (True,))]
+
+
 # Every kernel on every target, each cell's code path (CELL, HAS_PROJ, HAS_BHN, RELU) and accumulator type, both
 # directions, products on tensor cores (TF32, bf16, fp16) and on FMA units (fp64, IEEE fp32), a hidden size that is
 # not a multiple of 16 and the largest step-kernel tile (8 x 256). The LSTM with TF32 at hidden 20 (masked 32-wide
@@ -165,6 +182,9 @@ QUICK = (
     Case("RNN_RELU", "float16", 1000, 8, reverse=False, bias=False, tf32=True),
     Case("LSTM", "bfloat16", 768, 16, reverse=False, bias=True, tf32=True),  # weight-stationary (FlashRNN's setup)
     Case("GRU", "float16", 512, 64, reverse=True, bias=True, tf32=True),  # weight-stationary, 4 batch tiles
+    Case("SLSTM", "bfloat16", 768, 16, reverse=True, bias=True, tf32=True, heads=48),  # a head per program
+    Case("LSTM", "bfloat16", 768, 16, reverse=False, bias=True, tf32=True, heads=12),  # 4 programs a head
+    Case("GRU", "float32", 96, 8, reverse=True, bias=True, tf32=False, heads=4),  # blocks straddling heads
 )
 
 # ----------------------------------------------------------------------------
@@ -238,6 +258,8 @@ def _cell_id(case: Case) -> int:
 def _call_cell_launchers(case: Case) -> None:
     """The step kernels' launchers, forward and backward, as the cell ops call them (N = batch)."""
     C, S, cell = cell_kernels, sequence_kernels, _cell_id(case)
+    if cell == S.SLSTM:  # no step kernels: the sLSTM runs on the sequence kernels only
+        return
     n, h, dtype = case.batch, case.hidden, getattr(torch, case.dtype)
     gates = S.GATES[cell] * h
 
@@ -275,26 +297,31 @@ def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
     D = 1 if case.reverse else 2
     dtype = getattr(torch, case.dtype)
     mode = case.cell.removesuffix("_PROJ")
-    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True, shared=shared, directions=D)
+    head = H // case.heads if case.heads > 1 else 0
+    plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True, shared=shared, directions=D,
+                         head_dim=head)
     plans = [plan] + ([dataclasses.replace(plan, one_launch=False)] if plan.barrier else [])
 
     def meta(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device="meta")
 
     G = S.GATES[cell] * H
-    w_hh, w_hr = meta(D, G, R), (meta(D, R, H) if R != H else None)
+    w_hh, w_hr = meta(D, G, head or R), (meta(D, R, H) if R != H else None)
     b_hn = meta(D, H) if cell == S.GRU and case.bias else None
-    h0, c0 = meta(D, B, R), (meta(D, B, H) if cell == S.LSTM else None)
+    owned, carried = (S.OWNED[cell] if cell != S.GRU else 0), S.CARRIED[cell]
+    h0, c0 = meta(D, B, R), (meta(D, B, owned * H) if owned else None)
     lengths = meta(B, dtype=torch.int64)
     xp = meta(T, B, D * G)
     for p in plans:
         S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, False, p)  # inference
         y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, True, p)
-        dc_n = torch.empty_like(c_n) if cell == S.LSTM else None
-        S.sequence_backward(
-            torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell,
-            case.reverse, p,
-        )
+        dc_n = meta(D, B, carried * H) if carried else None
+        # with the gradients of every step's c (and n) too, as FlashRNN's API asks (its states are outputs)
+        for dcs in [None] + ([meta(D, T, B, carried * H)] if carried else []):
+            S.sequence_backward(
+                torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell,
+                case.reverse, p, dcs,
+            )
 
 
 @functools.cache
@@ -792,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         report = run(QUICK, "quick: " + "; ".join(map(str, QUICK)), args.targets, args.jobs)
     else:
-        report = run(FULL.cases(), f"full: {FULL}", args.targets, args.jobs)
+        report = run(FULL.cases() + head_cases(), f"full: {FULL}; and heads {HEAD_SHAPES}", args.targets, args.jobs)
     print(summary(report))
     if args.markdown:
         command = " ".join(["python -m fused_rnn.compile_report", *(argv if argv is not None else sys.argv[1:])])

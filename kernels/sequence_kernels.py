@@ -374,9 +374,9 @@ def sequence_fwd_kernel(
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0) * (SLICES // GROUP) + tl.program_id(1) // GROUP
     # Direction d's tensors: its columns of xp and y (rows XW and YW wide), its block of the stacked ones.
-    G = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
-    SC = 3 if CELL == 4 else 1  # states each program owns (LSTM c, GRU h, sLSTM c, n, m), H columns each
-    OWN = CELL <= 1 or CELL == 4
+    G: tl.constexpr = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
+    SC: tl.constexpr = 3 if CELL == 4 else 1  # states each program owns (LSTM c, GRU h, sLSTM c, n, m), H columns each
+    OWN: tl.constexpr = CELL <= 1 or CELL == 4
     XW, YW = DIRS * G * H, DIRS * R
     xp += d * G * H
     y += d * R
@@ -532,10 +532,10 @@ def sequence_bwd_kernel(
     r_lo, r_hi = _program_columns(R, SLICE_R)
     sync_tile = sync + tl.program_id(0) * (SLICES // GROUP) + tl.program_id(1) // GROUP
     # Direction d's tensors: its columns of dy and y (rows YW wide), its block of the stacked ones.
-    G = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
+    G: tl.constexpr = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
     GS = 4 * H if G > 1 else H  # the width of dg
-    SC = 3 if CELL == 4 else 1  # owned states (c; sLSTM c, n, m) and carried ones (dc; sLSTM dc, dn)
-    SD = 2 if CELL == 4 else 1
+    SC: tl.constexpr = 3 if CELL == 4 else 1  # owned states (c; sLSTM c, n, m) and carried ones (dc; sLSTM dc, dn)
+    SD: tl.constexpr = 2 if CELL == 4 else 1
     YW = DIRS * R
     dy += d * R
     dcs += d * T * B * SD * H
@@ -563,7 +563,7 @@ def sequence_bwd_kernel(
                           KP if G == 4 else 0)
     # A resident program owns one block of units (of h and c alike): their carries stay in registers (the dh
     # carry without a projection, whose phase P zeroes it for the other programs' columns of R).
-    CARRIES = CELL == 0 or CELL == 4
+    CARRIES: tl.constexpr = CELL == 0 or CELL == 4
     own_dh = _own_tile(dhbuf, rows, rmask, R, 0, r_lo, R, KP > 0 and not HAS_PROJ, ACC, BLOCK_H)
     own_dc = _own_tile(dcbuf, rows, rmask, SD * H, 0, h_lo, H, KP > 0 and CARRIES, ACC, BLOCK_H)
     own_dn = _own_tile(dcbuf, rows, rmask, SD * H, H, h_lo, H, KP > 0 and CELL == 4, ACC, BLOCK_H)

@@ -8,8 +8,9 @@ import torch
 from fused_rnn import dispatch
 from fused_rnn.dispatch import (
     AMD_RESIDENT_BYTES, choose_path, force_path, make_plan, predicted_steps, recurrent_weight_bytes, resident_budget,
-    sequence_plan, sequence_step_seconds,
+    resident_bytes, sequence_plan, sequence_step_seconds, slice_choices,
 )
+from fused_rnn.kernels.launch import meeting_programs
 
 
 def test_weight_bytes():
@@ -226,6 +227,47 @@ def test_a_bidirectional_layer_is_one_launch_where_the_gpu_holds_both():
     classic = sequence_plan("LSTM", 64, 512, 0, torch.bfloat16, directions=2)
     one = dispatch.predicted_steps("LSTM", 64, 512, 0, torch.bfloat16, directions=2)
     assert classic.directions == 1 and classic.resident and classic.grid(64) == (4, 32)
-    assert one["weight-stationary"][1] is classic and one["weight-stationary"][0] < one["hidden-split"][0]
+    assert one["weight-stationary"][1] == classic and one["weight-stationary"][0] < one["hidden-split"][0]
     assert one["weight-stationary"][0] == pytest.approx(
         2 * sequence_step_seconds("LSTM", 64, 512, 0, torch.bfloat16, classic))
+
+
+# ----------------------------------------------------------------------------
+# Heads: programs meet only with those sharing their heads
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("columns", "head", "slices", "meeting"), [
+    (16, 16, 48, 1),  # a head per program: none meet
+    (64, 16, 12, 1),  # whole heads per program
+    (16, 64, 48, 4),  # a head over 4 programs: they meet in fours
+    (16, 24, 6, 6),  # blocks straddling heads: every slice of the tile
+    (96, 1, 1, 1),  # one slice
+    (16, 0, 4, 4),  # one head (no heads): every slice
+])
+def test_meeting_programs(columns, head, slices, meeting):
+    assert meeting_programs(columns, head, slices) == meeting
+
+
+def test_flashrnns_setup_plans_a_head_per_program_without_barriers():
+    """FlashRNN's setup (B = 16, total hidden 768, bf16, H100) in heads of 16: one weight-stationary program per
+    head, no barrier, one launch; one head: the slices meet every step."""
+    plan = sequence_plan("SLSTM", 16, 768, 0, torch.bfloat16, head_dim=16)
+    assert plan.resident and plan.meeting == 1 and not plan.barrier and plan.one_launch
+    assert plan.grid(16) == (1, 48)
+    one_head = sequence_plan("SLSTM", 16, 768, 0, torch.bfloat16)
+    assert one_head.meeting == one_head.slices > 1 and one_head.barrier
+    # the interpreter runs a plan whose programs never meet as one launch as well
+    assert sequence_plan("SLSTM", 16, 768, 0, torch.bfloat16, concurrent=False, head_dim=16).one_launch
+
+
+def test_heads_shrink_what_a_program_reads_and_keeps():
+    """A unit sums over its head only: the resident slice spans the head (16 units x 4 gates x 64, not x 768), the
+    modelled step reads a head's weights, and no barrier is charged when programs own whole heads."""
+    assert resident_bytes("LSTM", 768, torch.bfloat16, 16, head_dim=64) == (4 * 16 + 16) * 64 * 2
+    assert resident_bytes("LSTM", 96, torch.bfloat16, 16, head_dim=24) == (4 * 16 + 16) * 64 * 2  # spans 2 heads
+    whole = make_plan(16, 768, torch.bfloat16, 12, 132, True, head_dim=64)
+    assert whole.meeting == 1
+    dense = make_plan(16, 768, torch.bfloat16, 12, 132, True)
+    assert sequence_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, whole, head_dim=64) < \
+        sequence_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, dense) / 4
+    # whole heads of 48 per program: 96 units (lcm with the 32-wide blocks) and twice, 4 and 8 times that
+    assert slice_choices(768, 0, 32, head_dim=48) == sorted(set(slice_choices(768, 0, 32)) | {8, 4, 2, 1})

@@ -161,7 +161,8 @@ def check_against_torch(cell, inputs: Inputs, dtype, device, with_h0=True, path=
         got = forward_backward(fused, *inputs.make(dtype), as_hx(cell, states, dtype), seeds)
     if path == "sequence":
         dirs = 2 if fused.bidirectional else 1
-        w_hh = torch.empty(dirs, 1, kwargs.get("proj_size") or fused.hidden_size, device="meta")
+        gate_rows = K.GATES[K.CELLS[fused.mode]] * fused.hidden_size
+        w_hh = torch.empty(dirs, gate_rows, kwargs.get("proj_size") or fused.hidden_size, device="meta")
         w_hr = torch.empty(dirs, 1, fused.hidden_size, device="meta") if kwargs.get("proj_size") else None
         with fused_rnn.force_path(path, slices, resident, rows):  # the plan the layer ran under
             plan = sequence_ops.plan_for(K.CELLS[fused.mode], inputs.batch, w_hh, w_hr, dtype, torch.device(device))
