@@ -37,8 +37,11 @@ install:
 test: install
 	$(PYTHON) -m pytest
 
+# PEERS_ARGS: options of the FlashRNN peer benchmark (python -m fused_rnn.bench.peers --help).
+PEERS_ARGS ?= --quick
 bench: install
 	$(PYTHON) -m fused_rnn.bench $(BENCH_ARGS)
+	$(PYTHON) -m fused_rnn.bench.peers $(PEERS_ARGS)
 
 # Compiles every kernel configuration for sm_80, sm_90 and gfx942 (no GPU needed) and rewrites the report;
 # fails when a configuration does not compile, spills or overflows shared memory (see docs/compile-report.md).

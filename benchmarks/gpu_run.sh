@@ -25,10 +25,17 @@
 #             H100/H200: 48 programs of 16 units; cuDNN 2.01 / 5.19 ms published, FlashRNN 1.44 ms forward)
 #   sweeps/   batch, hidden, layers and packed sweeps, LSTM fp16, both modes, short timing
 #   seq/      the sequence-length sweep (16..4096), LSTM fp16, fused sequence path and cuDNN only
+#   peers/    FlashRNN as a peer (python -m fused_rnn.bench.peers): LSTM and sLSTM, B=16 T=1024, total
+#             hidden 768, bf16, heads 48x16, 24x32, 12x64, 6x128, 1x768, forward and forward+backward:
+#             fused_rnn.flashrnn, FlashRNN's Triton and fused CUDA backends, cuDNN's nn.LSTM (one head).
+#             This machine has no network: FlashRNN (and einops) install from FLASHRNN_WHEELS, a folder of
+#             their wheels (docs/benchmarks.md says how to make it), when flashrnn does not import; without
+#             it the stage logs why and times fused_rnn and cuDNN alone (peers.log, peers/peers.{json,md}).
 # Each benchmark writes bench.json, bench.csv, bench.md, bench.png (with matplotlib) under
 # OUTPUT_DIR/NAME/, with measured and predicted (cost model) microseconds per step; the summary
-# table comes last (also in summary.txt). The stage limits add up to 10 minutes (estimates, not
-# yet checked on a GPU); a benchmark stopped at its limit still writes the cases it finished.
+# table comes last (also in summary.txt). The stage limits add up to about 10 minutes (estimates, not
+# yet checked on a GPU; install takes seconds of its minute); a benchmark stopped at its limit still
+# writes the cases it finished.
 # Exit status 1 when no benchmark wrote results.
 #
 # REHEARSE=1 runs every stage above through the same commands on the CPU, in Triton's
@@ -129,7 +136,7 @@ else
 fi
 quick=()
 [ -n "$rehearse" ] && quick=(--quick)
-stage bitwise 180 "$py" benchmarks/bitwise.py ${quick[@]+"${quick[@]}"}
+stage bitwise 150 "$py" benchmarks/bitwise.py ${quick[@]+"${quick[@]}"}
 stage tests 80 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
 
 bench=("$py" -m fused_rnn.bench)
@@ -140,16 +147,32 @@ fast=(--impl sequence,stepwise,cudnn,native)
 tiny=()
 [ -n "$rehearse" ] && tiny=(--seq 4 --batch 2 --input 4 --hidden 8 --no-scale --quick
                             --budget-s "${REHEARSE_BUDGET_S:-2}")
-stage default 110 "${bench[@]}" "${fast[@]}" --budget-s 95 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
+stage default 100 "${bench[@]}" "${fast[@]}" --budget-s 85 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
 stage flashrnn 60 "${bench[@]}" --impl sequence,cudnn --cell lstm --dtype bf16 --seq 1024 --batch 16 --hidden 768 \
     --input 768 --budget-s 50 --out "$out/flashrnn" ${tiny[@]+"${tiny[@]}"}
-stage sweeps 70 "${bench[@]}" "${fast[@]}" --sweep batch,hidden,layers,packed --cell lstm --dtype fp16 --quick \
-    --budget-s 60 --out "$out/sweeps" ${tiny[@]+"${tiny[@]}"}
+stage sweeps 55 "${bench[@]}" "${fast[@]}" --sweep batch,hidden,layers,packed --cell lstm --dtype fp16 --quick \
+    --budget-s 45 --out "$out/sweeps" ${tiny[@]+"${tiny[@]}"}
 stage seq 40 "${bench[@]}" --impl sequence,cudnn --sweep seq --cell lstm --dtype fp16 --quick --budget-s 32 \
     --out "$out/seq" ${tiny[@]+"${tiny[@]}"}
+peer=()
+if ! "$py" -c 'import flashrnn' >/dev/null 2>&1; then
+    if [ -n "${FLASHRNN_WHEELS:-}" ]; then
+        stage peer-install 60 "$py" -m pip install --no-deps --no-index "$FLASHRNN_WHEELS"/*.whl
+    fi
+    if ! "$py" -c 'import flashrnn' >/dev/null 2>&1; then
+        log "peers: FlashRNN does not import (FLASHRNN_WHEELS=${FLASHRNN_WHEELS:-unset}): fused_rnn and cuDNN only"
+        peer=(--no-peer)
+    fi
+fi
+tiny_peers=()
+[ -n "$rehearse" ] && tiny_peers=(--seq 4 --batch 16 --hidden 32 --heads 2 --function slstm --mode forward
+                                  --no-scale --budget-s 60)
+stage peers 90 "$py" -m fused_rnn.bench.peers --quick --budget-s 75 --out "$out/peers" ${peer[@]+"${peer[@]}"} \
+    ${tiny_peers[@]+"${tiny_peers[@]}"}
 
 log "bitwise: $(tail -n 1 "$out/bitwise.log")"
 log "tests: $(tail -n 1 "$out/tests.log")"
+[ -f "$out/peers/peers.md" ] && log "peers: $out/peers/peers.md" && cat "$out/peers/peers.md"
 shown=()
 for name in default flashrnn sweeps seq; do
     [ -f "$out/$name/bench.json" ] && shown+=("$out/$name/bench.json")

@@ -54,6 +54,11 @@ L2_BYTES_PER_S_PER_PROGRAM = 7.2e10
 # - one barrier of the programs of a tile: an atomic add and acquire polls through L2, about 1 us
 #   (GPU-scope atomics take ~0.5 us round trip; persistent-RNN papers report 0.5-2 us per grid barrier).
 BARRIER_S = 1.0e-6
+# - the dependent chain of a step whose programs meet no other (one slice, or whole heads each): h stored and read
+#   back through L2 (~600 cycles, 0.35 us at 1.7 GHz) plus the product and the cell math. Where programs meet,
+#   BARRIER_S holds that round trip. (FlashRNN publishes 1.97 ms for 1024 steps of its Triton LSTM at heads of 16,
+#   1.9 us a step.)
+STEP_LATENCY_S = 0.5e-6
 # - one launch of the step-by-step form, back to back on a stream (CUDA launch throughput, ~3-5 us).
 STEP_LAUNCH_S = 4.0e-6
 # - the host cost of one stepwise step (matmul + cell op + state update, dispatched from Python).
@@ -169,6 +174,8 @@ def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     if plan.meeting > 1:
         phases = 2 if proj_size > 0 else 1
         seconds += phases * (BARRIER_S if plan.one_launch else STEP_LAUNCH_S)
+    else:
+        seconds += STEP_LATENCY_S
     return seconds
 
 
@@ -191,6 +198,8 @@ def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     if plan.meeting > 1:
         phases = 2 if proj_size > 0 else 1
         seconds += phases * (BARRIER_S if plan.one_launch else 2 * STEP_LAUNCH_S)
+    else:
+        seconds += STEP_LATENCY_S
     return seconds
 
 

@@ -107,6 +107,11 @@ def test_rehearsal_runs_every_stage(tmp_path):
                if r["impl"] == "fused_rnn:sequence" and r["mode"] == "forward" and r["status"] == "ok"]
     assert forward and all(r["us_per_step"] > 0 and r["predicted_us_per_step"] > 0 for r in forward)
     assert {r["sweep"] for r in json.loads((tmp_path / "seq" / "bench.json").read_text())["results"]} == {"seq"}
+    # FlashRNN as the peer: its PyTorch backend stands in on the CPU, on the same tensors as fused_rnn.flashrnn
+    assert "peers: exit status 0" in log, log
+    peers = json.loads((tmp_path / "peers" / "peers.json").read_text())["results"]
+    assert {r["candidate"] for r in peers if r["median_ms"] is not None} == {"fused_rnn", "flashrnn:vanilla"}, peers
+    assert all(r["rel_err"] < 5e-2 for r in peers), peers  # bf16 against FlashRNN's fp64
     summary = (tmp_path / "summary.txt").read_text()
     assert "interpreter timings" in summary and "lstm forward" in summary and "us/step (predicted)" in summary
     assert done.stdout.rstrip().endswith(summary.rstrip()), "the summary comes last"
