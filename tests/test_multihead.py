@@ -219,3 +219,39 @@ def test_rejects_what_it_cannot_run():
     x = torch.randn(3, 2, 4)
     with pytest.raises(RuntimeError, match=r"hx = \(h, c, n, m\)"):
         module(x, (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)))
+
+
+def test_double_backward_with_heads_equals_torch_nn(device):
+    """create_graph=True through a MultiHeadGRU: the gradient of a function of the first gradients equals
+    torch.nn's with the dense block-diagonal W_hh (the op's backward recomputes the layer in plain torch)."""
+    torch.manual_seed(9)
+    ours = fused_rnn.MultiHeadGRU(3, 8, num_heads=2, dtype=torch.float64, device=device)
+    theirs = torch.nn.GRU(3, 8, dtype=torch.float64, device=device)
+    theirs.load_state_dict({k: block_diagonal(v, 8) if k.startswith("weight_hh") else v
+                            for k, v in ours.state_dict().items()})
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for module in (ours, theirs):
+        y, _ = module(x)
+        (dx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        results.append(torch.autograd.grad((dx * dx).sum(), [x, module.weight_ih_l0, module.weight_hh_l0]))
+    (gx, gw, gr), (tx, tw, tr) = results
+    assert_close(gx, tx, torch.float64, "d2 x")
+    assert_close(gw, tw, torch.float64, "d2 W_ih")
+    assert_close(gr, diagonal_blocks(tr, 4), torch.float64, "d2 W_hh")
+
+
+def test_slstm_recomputed_gradients_are_the_kernels(device):
+    """The sLSTM's double-backward path (autograd through the reference sLSTM, m detached, the clamp straight
+    through) gives the first-order gradients the kernels give: the same rule, so its second order is that
+    rule's derivative."""
+    torch.manual_seed(10)
+    module = fused_rnn.sLSTM(3, 16, num_heads=2, dtype=torch.float64, device=device)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    grads = []
+    for create_graph in (False, True):
+        y, (h, c, n, m) = module(x)
+        grads.append(torch.autograd.grad((y * torch.cos(y)).sum() + (c * n).sum(), [x, *module.parameters()],
+                                         create_graph=create_graph))
+    for k, (kernel, recomputed) in enumerate(zip(*grads, strict=True)):
+        assert_close(recomputed, kernel, torch.float64, f"sLSTM gradient {k}")
