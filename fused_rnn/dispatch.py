@@ -340,11 +340,13 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
 
 def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
                     sms: int = REFERENCE_SMS, shared: int = REFERENCE_SHARED,
-                    directions: int = 1) -> dict[str, tuple[float, SequencePlan | None]]:
+                    directions: int = 1, head_dim: int = 0) -> dict[str, tuple[float, SequencePlan | None]]:
     """Modelled seconds per step of each path: "batch-tiled" (one slice streaming W_hh), "hidden-split" (the
     best with several slices streaming W_hh), "weight-stationary" (the best plan keeping W_hh on chip, where one
-    fits) and "stepwise", each with its plan; per step of the layer's ``directions`` directions."""
-    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions)
+    fits) and "stepwise", each with its plan; per step of the layer's ``directions`` directions (heads:
+    ``head_dim`` wide, 0 for one)."""
+    costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions,
+                           head_dim)
     streaming = [c for c in costed if not c[1].resident]
     out = {"batch-tiled": next(c for c in streaming if c[1].slices == 1)}
     for name, chosen in (("hidden-split", [c for c in streaming if c[1].slices > 1]),
@@ -357,16 +359,16 @@ def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dty
 
 def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, batch: int = 64,
                  sms: int = REFERENCE_SMS, concurrent: bool = True, shared: int = REFERENCE_SHARED,
-                 directions: int = 1) -> tuple[str, str]:
+                 directions: int = 1, head_dim: int = 0) -> tuple[str, str]:
     """The path for one layer and why: ("sequence" | "stepwise", reason with the predicted us per step);
     ``concurrent`` as for ``sequence_plan``."""
     path = choose_path(mode, hidden_size, proj_size, dtype, sms, shared)
     if _forced is not None:
         return path, f"forced by fused_rnn.force_path({_forced!r})"
-    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared, directions)
+    plan = sequence_plan(mode, batch, hidden_size, proj_size, dtype, sms, concurrent, shared, directions, head_dim)
     tiles, slices = triton.cdiv(batch, plan.blocks.block_b), plan.slices
     shown = []
-    predicted = predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared, directions)
+    predicted = predicted_steps(mode, batch, hidden_size, proj_size, dtype, sms, shared, directions, head_dim)
     for name, (seconds, p) in predicted.items():
         how = "" if p is None else f" ({p.grid(batch)[0]} x {p.slices} programs)"
         shown.append(f"{name}{how} {seconds * 1e6:.2f} us")
@@ -376,6 +378,8 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         f"sequence plan: {tiles} batch tiles of {plan.blocks.block_b} rows x {slices} hidden slices of "
         f"{plan.columns(hidden_size)} units, W_hh " + ("on chip" if plan.resident else "streamed from L2") + ", "
         + ("one launch" if plan.one_launch else "one launch per step and phase")
+        + ("" if not head_dim else f"; heads of {head_dim} units, "
+           + ("no program waits for another" if plan.meeting == 1 else f"{plan.meeting} programs meet per head"))
         + ("" if directions == 1 else " for both directions" if plan.directions == 2 else " for each direction")
     )
 

@@ -26,7 +26,6 @@ them), with the same results and gradients.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .layers import GRU, LSTM, RNN, fused_forward
@@ -104,7 +103,7 @@ class MultiHeadRNN(_Heads, RNN):
         self._use_heads(num_heads)
 
 
-class sLSTM(_Heads, LSTM):  # noqa: N801 (xLSTM's name)
+class sLSTM(_Heads, LSTM):
     """xLSTM's sLSTM layer (module docstring): torch.nn.LSTM's constructor and contract with ``num_heads`` and
     a state of four tensors (h, c, n, m); no projection."""
 
@@ -130,4 +129,4 @@ class sLSTM(_Heads, LSTM):  # noqa: N801 (xLSTM's name)
         return tuple(state.index_select(1, permutation) for state in hx)
 
 
-__all__ = ["MultiHeadLSTM", "MultiHeadGRU", "MultiHeadRNN", "sLSTM"]
+__all__ = ["MultiHeadGRU", "MultiHeadLSTM", "MultiHeadRNN", "sLSTM"]

@@ -57,8 +57,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .cell_math import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward,
-                        slstm_backward, slstm_forward)
+from .cell_math import (
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+    slstm_backward,
+    slstm_forward,
+)
 from .launch import SequencePlan, interpreting, launch, new_output, tf32_products
 
 log = logging.getLogger("fused_rnn")

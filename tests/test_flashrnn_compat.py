@@ -16,11 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
+from fused_rnn.kernels.launch import count_launches, poison_outputs
+from helpers import assert_close
 from packaging.version import Version
 
 import fused_rnn
-from fused_rnn.kernels.launch import count_launches, poison_outputs
-from helpers import assert_close
 
 flashrnn = pytest.importorskip("flashrnn", reason="FlashRNN (test dependency) is not installed").flashrnn
 

@@ -255,3 +255,26 @@ def test_slstm_recomputed_gradients_are_the_kernels(device):
                                          create_graph=create_graph))
     for k, (kernel, recomputed) in enumerate(zip(*grads, strict=True)):
         assert_close(recomputed, kernel, torch.float64, f"sLSTM gradient {k}")
+
+
+def test_where_no_kernel_runs_a_plain_torch_loop_gives_the_same_results(monkeypatch):
+    """On the CPU without Triton's interpreter torch.nn cannot run these layers: a plain-torch loop over the
+    reference cells runs instead (no Triton launch), with the kernels' results and gradients."""
+    from fused_rnn.kernels.launch import count_launches
+
+    from fused_rnn import backend
+
+    torch.manual_seed(11)
+    for module in (fused_rnn.sLSTM(I, 32, num_heads=2, num_layers=2, bidirectional=True, dtype=torch.float64),
+                   fused_rnn.MultiHeadGRU(I, 32, num_heads=4, dtype=torch.float64)):
+        x = torch.randn(T, 3, I, dtype=torch.float64, requires_grad=True)
+        results = []
+        for kernels in (True, False):
+            with monkeypatch.context() as m, count_launches() as launches:
+                if not kernels:
+                    m.setattr(backend, "interpreting", lambda: False)
+                y, _ = module(x)
+                results.append([y, *torch.autograd.grad((y * torch.cos(y)).sum(), [x, *module.parameters()])])
+            assert (launches.total > 0) == kernels
+        for k, (ref, kernel) in enumerate(zip(results[1], results[0], strict=True)):
+            assert_close(kernel, ref, torch.float64, f"{type(module).__name__} result {k}")

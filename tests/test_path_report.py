@@ -55,3 +55,16 @@ def test_no_log_when_the_level_is_off(device, caplog):
     with caplog.at_level(logging.WARNING, logger="fused_rnn"):
         rnn(torch.randn(3, 2, 4, device=device))
     assert not caplog.records
+
+
+def test_heads_and_the_slstm(device, monkeypatch):
+    """A layer with heads explains the plan for its heads (heads of 16: no program waits for another); where no
+    kernel runs, the multi-head layers and the sLSTM run a plain-torch loop, not torch.nn."""
+    layer = fused_rnn.sLSTM(4, 768, num_heads=48, device="meta")
+    text = fused_rnn.explain(layer, torch.randn(3, 16, 4, device=device))
+    assert "heads of 16 units, no program waits for another" in text, text
+    assert "1 batch tiles of 16 rows x 48 hidden slices of 16 units, W_hh on chip" in text, text
+    split = fused_rnn.MultiHeadLSTM(4, 768, num_heads=6, device="meta")
+    assert "8 programs meet per head" in fused_rnn.explain(split, torch.randn(3, 16, 4, device=device))
+    monkeypatch.setattr(path_report, "interpreting", lambda: False)
+    assert "plain-torch loop" in fused_rnn.explain(layer, torch.randn(3, 16, 4))

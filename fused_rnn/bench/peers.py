@@ -20,6 +20,7 @@ Triton's interpreter at sizes divided by 8 (T, B, hidden; heads kept where they 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -102,19 +103,21 @@ def _candidates(function: str, heads: int, device, flashrnn) -> dict[str, Callab
     if flashrnn is None:
         reason = "FlashRNN is not installed (pip install flashrnn einops; benchmarks/gpu_run.sh: FLASHRNN_WHEELS)"
         found.update({"flashrnn:triton_fused": reason, "flashrnn:cuda_fused": reason})
-    elif device.type == "cuda":
-        for backend in ("triton_fused", "cuda_fused"):
-            found[f"flashrnn:{backend}"] = (lambda b: lambda *t: flashrnn(
-                *t, function=function, backend=b, dtype=DTYPE_NAMES[t[0].dtype]))(backend)
     else:
-        found["flashrnn:vanilla"] = lambda *t: flashrnn(*t, function=function, backend="vanilla",
-                                                        dtype=DTYPE_NAMES[t[0].dtype])
+        backends = ("triton_fused", "cuda_fused") if device.type == "cuda" else ("vanilla",)
+        for backend in backends:
+            found[f"flashrnn:{backend}"] = functools.partial(_flashrnn_call, flashrnn, function, backend)
     if function == "lstm" and heads == 1 and device.type == "cuda":
         found["torch.nn:cudnn"] = "cudnn"
     return found
 
 
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def _flashrnn_call(flashrnn, function: str, backend: str, *tensors: torch.Tensor):
+    """FlashRNN's ``backend`` on the tensors, its kernels in their dtype."""
+    return flashrnn(*tensors, function=function, backend=backend, dtype=DTYPE_NAMES[tensors[0].dtype])
 
 
 def _cudnn_call(hidden: int, dtype: torch.dtype, device) -> Callable:
