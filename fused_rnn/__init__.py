@@ -8,11 +8,11 @@ from .flashrnn_compat import flashrnn
 from .path_report import explain
 from .kernels.launch import count_launches
 from .layers import GRU, LSTM, RNN
-from .multihead import MultiHeadGRU, MultiHeadLSTM, MultiHeadRNN, sLSTM
+from .multihead import IndRNN, MultiHeadGRU, MultiHeadLSTM, MultiHeadRNN, sLSTM
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "count_launches", "choose_path", "force_path",
-    "explain", "flashrnn", "MultiHeadLSTM", "MultiHeadGRU", "MultiHeadRNN", "sLSTM",
+    "explain", "flashrnn", "MultiHeadLSTM", "MultiHeadGRU", "MultiHeadRNN", "sLSTM", "IndRNN",
 ]
 __version__ = "0.1.0"
 

@@ -26,6 +26,7 @@ them), with the same results and gradients.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .layers import GRU, LSTM, RNN, fused_forward
@@ -129,4 +130,42 @@ class sLSTM(_Heads, LSTM):
         return tuple(state.index_select(1, permutation) for state in hx)
 
 
-__all__ = ["MultiHeadGRU", "MultiHeadLSTM", "MultiHeadRNN", "sLSTM"]
+class IndRNN(MultiHeadRNN):
+    """The independently recurrent network (Li et al. 2018; haste's ``IndRNN``): h_t = act(W_ih x_t + b +
+    u * h_{t-1}) with u a vector, every unit independent of the others.
+
+    It is a ``MultiHeadRNN`` with one-unit heads: ``weight_hh_l{k}`` is u, (hidden_size, 1). torch.nn.RNN's
+    contract (layers, bidirectional, PackedSequence, nonlinearity "tanh" (haste's, the default) or "relu").
+    Its programs never meet: each owns whole heads, so the sequence kernel runs without a barrier. Initialised
+    as haste does: W_ih Xavier-uniform, u uniform in [-0.5, 0.5], biases zero. ``load_haste_state_dict``
+    takes a haste ``IndRNN``'s parameters.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if "num_heads" in kwargs:
+            raise TypeError("IndRNN's heads are its units: no num_heads")
+        super().__init__(*args, **kwargs)
+        self._use_heads(self.hidden_size)
+
+    def reset_parameters(self) -> None:
+        for name, param in self.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(param)
+            elif name.startswith("weight_hh"):
+                nn.init.uniform_(param, -0.5, 0.5)
+            else:
+                nn.init.zeros_(param)
+
+    def load_haste_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a haste ``IndRNN``'s parameters (single layer, one direction, as haste has): ``kernel`` (I, H),
+        ``recurrent_scale`` (H,), ``bias`` (H,); this layer's second bias is set to zero."""
+        if self.num_layers != 1 or self.bidirectional or not self.bias:
+            raise ValueError("a haste IndRNN is one layer, one direction, with a bias")
+        with torch.no_grad():
+            self.weight_ih_l0.copy_(state["kernel"].t())
+            self.weight_hh_l0.copy_(state["recurrent_scale"][:, None])
+            self.bias_ih_l0.copy_(state["bias"])
+            self.bias_hh_l0.zero_()
+
+
+__all__ = ["IndRNN", "MultiHeadGRU", "MultiHeadLSTM", "MultiHeadRNN", "sLSTM"]

@@ -178,3 +178,24 @@ def sequence(
     if reverse and owned:
         states = states.gather(0, idx[..., None].expand_as(states))
     return y, h, c, states
+
+
+def haste_indrnn(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_scale: Tensor, bias: Tensor,
+                 zoneout: float = 0.0, zoneout_mask: Tensor | None = None, training: bool = False) -> Tensor:
+    """haste's IndRNN over time, as its PyTorch fallback computes it (``frameworks/pytorch/indrnn.py``,
+    ``IndRNNScript``), in haste's layout: x (T, B, I), h0 (B, H), kernel (I, H), recurrent_scale (H,), bias (H,).
+
+    h_t = tanh(x_t kernel + bias + recurrent_scale * h_{t-1}); with zoneout, in training
+    h_t = (h_t - h_{t-1}) * mask_t + h_{t-1} (mask_t in {0, 1}, keep-new probability 1 - zoneout), in eval
+    h_t = zoneout h_{t-1} + (1 - zoneout) h_t. Returns every state (T + 1, B, H), h0 first, as haste does.
+    """
+    h = [h0]
+    wx = x @ kernel + bias
+    for t in range(x.shape[0]):
+        h.append(torch.tanh(wx[t] + h[-1] * recurrent_scale))
+        if zoneout:
+            if training:
+                h[-1] = (h[-1] - h[-2]) * zoneout_mask[t] + h[-2]
+            else:
+                h[-1] = zoneout * h[-2] + (1 - zoneout) * h[-1]
+    return torch.stack(h)

@@ -19,6 +19,7 @@ from helpers import assert_close
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
+from fused_rnn import reference
 from fused_rnn.reference import block_diagonal
 
 T, B, I, H, HEADS = 5, 17, 6, 48, 3
@@ -278,3 +279,77 @@ def test_where_no_kernel_runs_a_plain_torch_loop_gives_the_same_results(monkeypa
             assert (launches.total > 0) == kernels
         for k, (ref, kernel) in enumerate(zip(results[1], results[0], strict=True)):
             assert_close(kernel, ref, torch.float64, f"{type(module).__name__} result {k}")
+
+
+# ----------------------------------------------------------------------------
+# IndRNN (haste's): one-unit heads
+# ----------------------------------------------------------------------------
+def test_haste_indrnn_reference_on_a_hand_computed_step():
+    """The reference written from haste's IndRNNScript, on one step computed by hand: h = tanh(x k + b + u h0);
+    with zoneout 0.25 in eval, 0.25 h0 + 0.75 h; in training the mask picks h where 1, h0 where 0."""
+    x, h0 = torch.tensor([[[1.0, 2.0]]]), torch.tensor([[0.5, -1.0]])
+    kernel, u, b = torch.tensor([[0.1, 0.2], [0.3, -0.4]]), torch.tensor([2.0, 0.5]), torch.tensor([0.0, 0.1])
+    pre = torch.tensor([[0.1 + 0.6 + 0.0 + 1.0, 0.2 - 0.8 + 0.1 - 0.5]])
+    h = torch.tanh(pre)
+    torch.testing.assert_close(reference.haste_indrnn(x, h0, kernel, u, b)[1], h)
+    torch.testing.assert_close(reference.haste_indrnn(x, h0, kernel, u, b, zoneout=0.25)[1], 0.25 * h0 + 0.75 * h)
+    mask = torch.tensor([[[1.0, 0.0]]])
+    got = reference.haste_indrnn(x, h0, kernel, u, b, zoneout=0.25, zoneout_mask=mask, training=True)[1]
+    torch.testing.assert_close(got, torch.stack([h[0, 0], h0[0, 1]])[None])
+
+
+def test_indrnn_equals_haste_with_its_weights_and_never_meets(device, monkeypatch):
+    """fused_rnn.IndRNN with a haste IndRNN's parameters (load_haste_state_dict) gives haste's outputs, final
+    state and every gradient (fp64); its plans never make programs meet: the kernels launch once per layer with
+    BARRIER off, even in Triton's interpreter."""
+    from fused_rnn.kernels import sequence_kernels as K
+
+    torch.manual_seed(12)
+    hidden = 40  # 3 blocks of 16 units, the last partial
+    haste = {"kernel": torch.randn(I, hidden, dtype=torch.float64), "bias": torch.randn(hidden, dtype=torch.float64),
+             "recurrent_scale": torch.rand(hidden, dtype=torch.float64) * 2 - 1}
+    module = fused_rnn.IndRNN(I, hidden, dtype=torch.float64, device=device)
+    module.load_haste_state_dict({k: v.to(device) for k, v in haste.items()})
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(1, B, hidden, dtype=torch.float64, device=device, requires_grad=True)
+    barriers, real_launch = [], K.launch
+    monkeypatch.setattr(K, "launch", lambda kernel, grid, *a, **kw: (barriers.append(kw["BARRIER"]),
+                                                                    real_launch(kernel, grid, *a, **kw)))
+    with fused_path_only() as launches:
+        y, h_n = module(x, h0)
+        got = [y, h_n, *torch.autograd.grad((y * torch.cos(y)).sum(), [x, h0, module.weight_ih_l0,
+                                                                        module.weight_hh_l0, module.bias_ih_l0])]
+    assert launches.by_kernel == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1} and barriers == [False] * 2
+    leaves = {k: v.to(device).requires_grad_() for k, v in haste.items()}
+    states = reference.haste_indrnn(x, h0[0], leaves["kernel"], leaves["recurrent_scale"], leaves["bias"])
+    want_y = states[1:]
+    dx, dh0, dk, du, db = torch.autograd.grad((want_y * torch.cos(want_y)).sum(),
+                                              [x, h0, leaves["kernel"], leaves["recurrent_scale"], leaves["bias"]])
+    for g, w, name in zip(got, [want_y, states[-1][None], dx, dh0, dk.t(), du[:, None], db], ["y", "h_n", "dx", "dh0",
+                                                                                               "dW_ih", "du", "db"],
+                          strict=True):
+        assert_close(g, w, torch.float64, f"IndRNN {name}")
+
+
+def test_indrnn_layers_directions_packed_against_the_reference_loop(device):
+    """Two bidirectional layers, relu, packed input: the kernels against the plain-torch loop (reference cells
+    over a diagonal W_hh) that runs where no kernel does."""
+    from fused_rnn import backend
+
+    torch.manual_seed(13)
+    module = fused_rnn.IndRNN(I, 24, num_layers=2, bidirectional=True, nonlinearity="relu", dtype=torch.float64,
+                              device=device)
+    assert module.weight_hh_l1_reverse.shape == (24, 1)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for kernels in (True, False):
+        with pytest.MonkeyPatch.context() as m:
+            if not kernels:
+                if device != "cpu":
+                    pytest.skip("the plain-torch loop runs where no kernel does: the CPU")
+                m.setattr(backend, "interpreting", lambda: False)
+            out, h = module(pack_padded_sequence(x, LENGTHS, enforce_sorted=False))
+            results.append([out.data, h, *torch.autograd.grad((out.data ** 2).sum() + h.sum(),
+                                                              [x, *module.parameters()])])
+    for k, (got, want) in enumerate(zip(*results, strict=True)):
+        assert_close(got, want, torch.float64, f"IndRNN result {k}")
