@@ -62,12 +62,14 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     if triton_runs_on(x):
         path = choose_path(module.mode, module.hidden_size, proj, x.dtype, device_sms(x.device), device_shared(x.device))
         cells = STEPWISE_CELLS
-    else:  # the multi-head layers and the sLSTM where no kernel runs: plain torch (torch.nn cannot run them)
+    else:  # what torch.nn cannot run (heads, the sLSTM, zoneout, DropConnect) where no kernel runs: plain torch
         path, cells = "reference", reference.CELLS
     h_n, c_n = [], []
+    hidden = module.hidden_size
     for layer in range(module.num_layers):
         rows = slice(layer * dirs, (layer + 1) * dirs)  # this layer's directions in h0, c0 and h_n
-        directions = [weights[k * per : (k + 1) * per] for k in range(rows.start, rows.stop)]
+        directions = [_dropconnect(module, weights[k * per : (k + 1) * per]) for k in range(rows.start, rows.stop)]
+        keep = zoneout_keep(module, x.shape[0], x.shape[1], x)
         if path != "sequence":
             outs = []
             for d, w in enumerate(directions):
@@ -76,6 +78,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
                 y, h, c = reference.sequence(
                     module.mode, xp, w[1], None if b_hn is None else b_hn[0], w[-1] if proj > 0 else None,
                     h0[rows.start + d], None if c0 is None else c0[rows.start + d], lengths, d == 1, cells,
+                    keep=sequence_ops._keep_of(keep, d, hidden),
                 )
                 outs.append(y)
                 h_n.append(h[None])
@@ -88,12 +91,33 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             w_hr = _stacked([w[-1] for w in directions]) if proj > 0 else None
             inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[rows], None if c0 is None else c0[rows])
             save = _differentiated(*inputs)  # else the gates are not written
-            x, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, False, save)
+            x, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, False, save, False, keep)
             h_n.append(h)
             c_n.append(c)
         if module.dropout > 0 and module.training and layer < module.num_layers - 1:
             x = F.dropout(x, module.dropout, training=True)
     return x, torch.cat(h_n), (torch.cat(c_n) if cell in (K.LSTM, K.SLSTM) else None)
+
+
+def zoneout_keep(module: nn.RNNBase, steps: int, batch: int, x: Tensor) -> Tensor | None:
+    """One layer's zoneout factors (haste's zoneout of h): None without zoneout; in training a fresh mask
+    (T, B, D*H) of x's dtype drawn from torch's RNG, 1 (probability 1 - zoneout) keeping the new h and 0 the
+    previous one; in eval the one factor 1 - zoneout, (1,): h = zoneout h_prev + (1 - zoneout) h_new."""
+    p = getattr(module, "zoneout", 0.0)
+    if not p:
+        return None
+    if not module.training:
+        return torch.full((1,), 1.0 - p, dtype=x.dtype, device=x.device)
+    dirs = 2 if module.bidirectional else 1
+    return torch.empty(steps, batch, dirs * module.hidden_size, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
+
+
+def _dropconnect(module: nn.RNNBase, weights: list[Tensor]) -> list[Tensor]:
+    """A direction's weights with DropConnect on W_hh (dropout on its entries, drawn at each call) in training."""
+    p = getattr(module, "dropconnect", 0.0)
+    if not p or not module.training:
+        return weights
+    return [weights[0], F.dropout(weights[1], p, training=True), *weights[2:]]
 
 
 def _check_attributes(x: Tensor, states: tuple[Tensor, ...], params: list[Tensor]) -> None:
@@ -237,9 +261,11 @@ def _forward(module: nn.RNNBase, input, hx):
 
 
 def _forward_or_fallback(module: nn.RNNBase, torch_forward, input, hx):
-    """The fused forward where the Triton kernels run on the input's device, else torch.nn's own."""
+    """The fused forward where the Triton kernels run on the input's device, else torch.nn's own (with zoneout or
+    DropConnect, which torch.nn lacks, a plain-torch loop)."""
     log_call(module, input)
-    if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input):
+    if not triton_runs_on(input.data if isinstance(input, PackedSequence) else input) and not module.zoneout \
+            and not module.dropconnect:
         return torch_forward(input, hx)
     return fused_forward(module, input, hx)
 
@@ -295,13 +321,30 @@ def let_dynamo_trace_fused_layers() -> None:
 
 
 class _Compilable:
-    """Mixin of the fused layers: creating one (or unpickling, copying) installs ``let_dynamo_trace_fused_layers``.
+    """Mixin of the fused layers: creating one (or unpickling, copying) installs ``let_dynamo_trace_fused_layers``;
+    haste's regularisers as keyword arguments beyond torch.nn's.
 
-    Adds no state: ``fused_rnn.convert`` may still switch a torch.nn layer's class to a fused one."""
+    ``zoneout`` (haste's zoneout of h: in training each unit keeps its previous h with probability ``zoneout``,
+    masks drawn per call from torch's RNG; in eval h = zoneout h_prev + (1 - zoneout) h_new; not with
+    ``proj_size``) and ``dropconnect`` (dropout on W_hh's entries, per call, in training). Both default to 0,
+    class attributes, so ``fused_rnn.convert`` may still switch a torch.nn layer's class to a fused one."""
 
-    def __init__(self, *args, **kwargs):
+    zoneout: float = 0.0
+    dropconnect: float = 0.0
+
+    def __init__(self, *args, zoneout: float = 0.0, dropconnect: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        for name, p in (("zoneout", zoneout), ("dropconnect", dropconnect)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        if zoneout and self.proj_size > 0:
+            raise ValueError("zoneout with proj_size is not supported")
+        self.zoneout, self.dropconnect = zoneout, dropconnect
         let_dynamo_trace_fused_layers()
+
+    def extra_repr(self) -> str:
+        extra = "".join(f", {k}={getattr(self, k)}" for k in ("zoneout", "dropconnect") if getattr(self, k))
+        return super().extra_repr() + extra
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -309,7 +352,25 @@ class _Compilable:
 
 
 class LSTM(_Compilable, nn.LSTM):
-    """torch.nn.LSTM on Triton sequence kernels (one launch per layer and direction)."""
+    """torch.nn.LSTM on Triton sequence kernels (one launch per layer and direction); ``forget_bias``: the forget
+    gate's initial bias (haste's; b_ih's forget block set to it and b_hh's to 0 at initialisation)."""
+
+    forget_bias: float | None = None
+
+    def __init__(self, *args, forget_bias: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if forget_bias is not None:
+            self.forget_bias = forget_bias
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.forget_bias is not None and self.bias:
+            h = self.hidden_size
+            with torch.no_grad():
+                for name, param in self.named_parameters():
+                    if name.startswith("bias_"):
+                        param[h : 2 * h] = self.forget_bias if name.startswith("bias_ih") else 0.0
 
     def forward(self, input, hx=None):
         return _forward_or_fallback(self, super().forward, input, hx)

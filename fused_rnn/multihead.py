@@ -112,6 +112,8 @@ class sLSTM(_Heads, LSTM):
         super().__init__(*args, **kwargs)
         if self.proj_size:
             raise ValueError("the sLSTM has no projection (proj_size)")
+        if self.zoneout:
+            raise ValueError("the sLSTM has no zoneout")
         self.mode = "SLSTM"
         self._use_heads(num_heads)
 

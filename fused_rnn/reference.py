@@ -121,6 +121,7 @@ CELLS = (lstm_from_gates, gru_from_gates, rnn_from_gates)
 def sequence(
     mode: str, xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
     lengths: Tensor, reverse: bool, cells: tuple[Callable, Callable, Callable] = CELLS, with_states: bool = False,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """One layer and direction over time, as ``fused_rnn::sequence`` computes it after its input projection
     (``sequence_ops.project``); mode is torch.nn's ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") or "SLSTM".
@@ -131,7 +132,9 @@ def sequence(
     sLSTM only), lengths (B,) int64. Row b runs its first lengths[b] steps (in reverse order when ``reverse``);
     its outputs past them are zero and its final state is the last valid one. Returns y (T, B, R), h_n (B, R)
     and c_n (B, H) or (B, 3H) (None unless LSTM or sLSTM), and with ``with_states`` the owned states of every
-    step (T, B, H or 3H), zero past each length. ``cells``: the step functions (lstm, gru, rnn).
+    step (T, B, H or 3H), zero past each length. ``cells``: the step functions (lstm, gru, rnn). ``keep``:
+    zoneout's keep-the-new-h factors (T, B, H) at each time position, or one factor (1,); h = h_prev + keep
+    (h_cell - h_prev) (haste's zoneout; LSTM without a projection, GRU, RNN).
     """
     lstm_step, gru_step, rnn_step = cells
     T = xp.shape[0]
@@ -140,6 +143,8 @@ def sequence(
     if reverse:
         idx = reverse_index(lengths, T)
         xp = xp.gather(0, idx[..., None].expand_as(xp))
+        if keep is not None and keep.numel() > 1:
+            keep = keep.gather(0, idx[..., None].expand_as(keep))
     valid = (torch.arange(T, device=xp.device)[:, None] < lengths[None, :])[..., None]
     if mode == "GRU" and b_hn is not None:
         b_h = torch.cat([torch.zeros_like(b_hn), torch.zeros_like(b_hn), b_hn])
@@ -165,6 +170,8 @@ def sequence(
             h_new = gru_step(xp[t], hg, b_i, b_h, h)
         else:
             h_new = rnn_step(xp[t], hg, None, None, mode == "RNN_RELU")
+        if keep is not None:
+            h_new = h + (keep if keep.numel() == 1 else keep[t]) * (h_new - h)
         h = torch.where(valid[t], h_new, h)
         ys.append(torch.where(valid[t], h_new, torch.zeros_like(h_new)))
         if with_states and owned:

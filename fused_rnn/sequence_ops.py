@@ -79,6 +79,7 @@ def project(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, b_hh: Tensor | 
 def sequence(
     x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, b_hh: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
     h0: Tensor, c0: Tensor | None, lengths: Tensor, cell: int, reverse: bool, save: bool, state_grads: bool = False,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """D directions (1, or 2: a bidirectional layer, direction 1 in reverse; ``reverse`` reverses a single
     direction): x (T, B, I), w_ih (D, G, I) (or None: x is the projection, (T, B, D*G)), b_ih and b_hh (D, G)
@@ -90,12 +91,14 @@ def sequence(
     (empty unless LSTM or sLSTM), and what backward needs: the saved gates and owned states of every step
     (empty unless ``save``, which a caller that will not differentiate clears) and the pre-projection outputs.
     With ``state_grads`` the owned states of every step are a differentiable output (FlashRNN's API returns
-    them); else gradients reach only y and the final states. The input projection (``project``) is computed
-    here and not kept.
+    them); else gradients reach only y and the final states. ``keep``: zoneout's keep-the-new-h factors,
+    (T, B, D*H) (training masks, the directions side by side) or (1,) (eval: 1 - p), or None. The input
+    projection (``project``) is computed here and not kept.
     """
     xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
     plan = plan_for(cell, x.shape[1], w_hh, w_hr, xp.dtype, xp.device)
-    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save, plan)
+    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save, plan,
+                                                 keep)
     return y, h_n, c_n, ws, cs, ms
 
 
@@ -103,14 +106,15 @@ def sequence(
 def sequence_backward(
     dy: Tensor, dh_n: Tensor, dc_n: Tensor | None, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor,
     c0: Tensor | None, lengths: Tensor, y: Tensor, ws: Tensor, cs: Tensor, cell: int, reverse: bool,
-    dcs: Tensor | None = None,
+    dcs: Tensor | None = None, keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gate gradients (D, T, B, GS); dh0 (D, B, R) and dc0 (D, B, C*H) in the compute dtype (the carried states:
     LSTM c, sLSTM c and n; empty for GRU and RNN); the gradient of every step's h (D, T, B, R) with a
-    projection (else empty). dcs (D, T, B, C*H): gradients of the carried states at every step, or None."""
+    projection (else empty). dcs (D, T, B, C*H): gradients of the carried states at every step, or None; keep:
+    the forward's zoneout factors."""
     plan = plan_for(cell, y.shape[1], w_hh, w_hr, y.dtype, y.device)
     dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse,
-                                            plan, dcs)
+                                            plan, dcs, keep)
     return dg, dh0, dc0, dhs
 
 
@@ -119,13 +123,13 @@ def _acc(t: Tensor) -> torch.dtype:
 
 
 @sequence.register_fake
-def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save, state_grads=False):
+def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save, state_grads=False, keep=None):
     T, B, _ = x.shape
     D, _, H, R, _ = K.layer_sizes(w_hh, w_hr, cell)
     dtype = x.dtype if w_ih is None else torch.promote_types(x.dtype, w_ih.dtype)  # xp's, F.linear's result
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     owned = K.OWNED[cell] if cell != GRU else 0
-    saved = K.SAVED[cell] * H if save else 0
+    saved = (K.SAVED[cell] or (1 if keep is not None else 0)) * H if save else 0
     return (
         x.new_empty(T, B, D * R, dtype=dtype), x.new_empty(D, B, R, dtype=dtype),
         x.new_empty((D, B, owned * H) if owned else (0,), dtype=dtype),
@@ -136,7 +140,7 @@ def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save, sta
 
 
 @sequence_backward.register_fake
-def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, dcs=None):
+def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, dcs=None, keep=None):
     T, B, _ = y.shape
     D, G, H, R, _ = K.layer_sizes(w_hh, w_hr, cell)
     gs = (4 if G > H else 1) * H
@@ -162,18 +166,19 @@ def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Te
     return prev.index_put((lengths - 1, rows), h0)
 
 
-# The op's differentiable tensor inputs, in order: what backward returns gradients for (then 5 Nones).
+# The op's differentiable tensor inputs, in order: what backward returns gradients for (then 6 Nones).
 INPUTS = ("x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "h0", "c0")
 
 
 def _setup(ctx, inputs, output) -> None:
-    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, _save, *state_grads = inputs
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, _save, *extra = inputs
+    state_grads, keep = (extra + [False, None])[:2]
     y, _h_n, _c_n, ws, cs, ms = output
-    ctx.cell, ctx.reverse, ctx.state_grads = cell, reverse, bool(state_grads and state_grads[0])
+    ctx.cell, ctx.reverse, ctx.state_grads = cell, reverse, bool(state_grads)
     ctx.mark_non_differentiable(ws, ms, *(() if ctx.state_grads else (cs,)))
     # x and w_ih for dW_ih and dX (as F.linear's autograd would keep them), the biases (parameters) for the
     # double-backward recomputation; not xp, which the forward computed and dropped.
-    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms)
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms, keep)
 
 
 def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -183,6 +188,7 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor |
     Half types recompute in fp32, as the kernels compute; the gradients come back in the inputs' dtypes.
     """
     x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors[:9]
+    keep = ctx.saved_tensors[13]
     cell, reverse, dtype = ctx.cell, ctx.reverse, ctx.saved_tensors[9].dtype  # y's: the outputs' dtype
     acc = _acc(x)
     owned = K.OWNED[cell] if cell != GRU else 0
@@ -197,7 +203,8 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor |
             per_direction = [
                 reference.sequence(MODES[cell], xp[..., d * gates : (d + 1) * gates], w_hh[d],
                                    None if b_hn is None else b_hn[d], None if w_hr is None else w_hr[d], h0[d],
-                                   None if c0 is None else c0[d], lengths, reverse or d == 1, with_states=True)
+                                   None if c0 is None else c0[d], lengths, reverse or d == 1, with_states=True,
+                                   keep=_keep_of(keep, d, w_hh.shape[1] // K.GATES[cell]))
                 for d in range(w_hh.shape[0])
             ]
             y = torch.cat([o[0] for o in per_direction], dim=-1)
@@ -210,6 +217,13 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor |
     grads = (dy, dh_n, dc_n, dcs) if owned else (dy, dh_n)
     inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
     return _differentiable_grads(recurrence, inputs, grads, ctx.needs_input_grad[: len(INPUTS)])
+
+
+def _keep_of(keep: Tensor | None, d: int, hidden: int) -> Tensor | None:
+    """Direction d's zoneout factors (T, B, H) of the op's (T, B, D*H), or the one eval factor."""
+    if keep is None or keep.numel() == 1:
+        return keep
+    return keep[..., d * hidden : (d + 1) * hidden]
 
 
 def recurrent_weight_grad(d_hidden: Tensor, prev: Tensor, head_dim: int) -> Tensor:
@@ -230,8 +244,8 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, dcs, _dms):
     carried = K.CARRIED[cell]
     dcs = dcs if ctx.state_grads and carried else None
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-        return (*_recomputed_grads(ctx, dy, dh_n, dc_n, dcs), None, None, None, None, None)
-    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms = ctx.saved_tensors
+        return (*_recomputed_grads(ctx, dy, dh_n, dc_n, dcs), None, None, None, None, None, None)
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms, keep = ctx.saved_tensors
     need = dict(zip(INPUTS, ctx.needs_input_grad))
     T, B, _ = y.shape
     D, _, H, R, HD = K.layer_sizes(w_hh, w_hr, cell)
@@ -239,7 +253,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, dcs, _dms):
     dc_carried = dc_n[..., : carried * H] if carried else None
     dg, dh0, dc0, dhs = sequence_backward(
         dy, dh_n, dc_carried, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, ctx.reverse,
-        None if dcs is None else dcs[..., : carried * H],
+        None if dcs is None else dcs[..., : carried * H], keep,
     )
     if cell == GRU:
         d_xp = dg[..., : 3 * H]  # the gradient of xp (r, z, n input sides)
@@ -281,7 +295,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, dcs, _dms):
     d_c0 = None
     if carried and c0 is not None:  # sLSTM: no gradient reaches the initial stabiliser m
         d_c0 = torch.cat([dc0, dc0.new_zeros(D, B, c0.shape[-1] - carried * H)], dim=-1).to(c0.dtype)
-    return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None, None
+    return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None, None, None
 
 
 sequence.register_autograd(_backward, setup_context=_setup)

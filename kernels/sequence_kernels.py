@@ -303,6 +303,17 @@ def _put_own_tile(buf, rows, rmask, width, col0, lo, n, tile, KEEP: tl.constexpr
 
 
 @triton.jit
+def _keep_factor(keep, index, width, j, cols, mask, ZONEOUT: tl.constexpr, ACC: tl.constexpr):
+    """Zoneout's keep-the-new-h factor of a (BLOCK_B, BLOCK_H) block: the training mask's entries at rows
+    ``index`` of a (T*B, width) tensor (ZONEOUT 1; 0 where ``mask`` is off), or the one eval factor 1 - p
+    (ZONEOUT 2)."""
+    if ZONEOUT == 1:
+        return tl.load(_at(keep, index, width, j, cols), mask=mask, other=0.0).to(ACC)
+    else:
+        return tl.load(keep).to(ACC)
+
+
+@triton.jit
 def _split_gates(x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, BLOCK_H, 4) block whose last axis is the gate."""
     even, odd = tl.split(tl.reshape(x, (BLOCK_B, BLOCK_H, 2, 2)))  # gate 2 a + b: split b, then a
@@ -346,10 +357,12 @@ def sequence_fwd_kernel(
     w_hr,  # (D, R, H) LSTM projection W_hr, read when HAS_PROJ
     lengths,  # (B,) int64 valid length of each row
     zero_n,  # (1,) int32: whether the initial sLSTM normaliser is zero everywhere (read when sLSTM)
+    keep,  # zoneout's keep-the-new-h factors: (T, B, DIRS * H) (ZONEOUT 1, training masks) or (1,) (2, eval)
     y,  # out (T, B, DIRS * R) outputs, zero past each row's length
     hbuf,  # state (D, 2, B, R) h ping-pong in the storage dtype: step s reads hbuf[d, s % 2]
     cbuf,  # state (D, B, SC * H) in the compute dtype, read by its owner only: LSTM c, GRU h, sLSTM c | n | m
-    ws,  # out (D, T, B, 4H) gate values for backward, compute dtype (LSTM, GRU, sLSTM; when SAVE)
+    ws,  # out (D, T, B, 4H) gate values for backward, compute dtype (LSTM, GRU, sLSTM; RNN with zoneout: (D, T, B, H)
+    # the cell's h before zoneout; when SAVE)
     cs,  # out (D, T, B, SC * H) the owned states of every step, compute dtype (LSTM, sLSTM; when SAVE)
     ms,  # out (D, T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
     sync,  # (batch tiles x SLICES / GROUP,) int32 arrival counters, zero at launch (read when BARRIER)
@@ -358,7 +371,7 @@ def sequence_fwd_kernel(
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     HD, GROUP,  # units per head (R without heads); programs of a batch tile that meet at a barrier
     CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr,
-    HEADS: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
+    HEADS: tl.constexpr, ZONEOUT: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, GATES_P2: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -385,15 +398,17 @@ def sequence_fwd_kernel(
     G: tl.constexpr = 4 if (CELL == 0 or CELL == 4) else (3 if CELL == 1 else 1)
     SC: tl.constexpr = 3 if CELL == 4 else 1  # states each program owns (LSTM c, GRU h, sLSTM c, n, m), H columns each
     OWN: tl.constexpr = CELL <= 1 or CELL == 4
+    WSW: tl.constexpr = 4 if G > 1 else 1  # saved values per unit
     XW, YW = DIRS * G * H, DIRS * R
     xp += d * G * H
+    keep += d * H if ZONEOUT == 1 else 0
     y += d * R
     w += d * G * H * HD
     b_hn += d * H
     w_hr += d * R * H
     hbuf += d * 2 * B * R
     cbuf += d * B * SC * H
-    ws += d * T * B * 4 * H
+    ws += d * T * B * WSW * H
     cs += d * T * B * SC * H
     ms += d * T * B * H
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
@@ -428,6 +443,8 @@ def sequence_fwd_kernel(
                         m_prev = tl.load(_at(cbuf, rows, SC * H, 2 * H + j, cols), mask=m, other=0.0).to(ACC)
             if CELL == 1:
                 h_prev = c_prev
+            elif ZONEOUT:  # the previous h of every row: zoneout blends it in
+                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0).to(ACC)
             elif not HAS_PROJ:  # what an inactive row keeps (h has H columns)
                 h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m & ~active[:, None], other=0.0).to(ACC)
             q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD, CELL, GATES_P2, KP, HEADS,
@@ -463,13 +480,18 @@ def sequence_fwd_kernel(
                     h_n += tl.load(b_hn + j + cols, mask=(j + cols) < H, other=0.0).to(ACC)[None, :]
                 x_r, x_z, x_n, _ = _load_gates(xp, tb, XW, H, j, cols, am, 3, ACC, BLOCK_B, BLOCK_H)
                 h, r, z, n = gru_forward(x_r, x_z, x_n, h_r, h_z, h_n, h_prev)
-                c_next = tl.where(active[:, None], h, h_prev)
                 if SAVE:
                     _store_gates(ws, tb, 4 * H, H, j, cols, am, r, z, n, h_n)
             else:
                 pre = q0
                 pre += tl.load(_at(xp, tb, XW, j, cols), mask=am, other=0.0).to(ACC)
                 h = rnn_forward(pre, CELL == 3)
+                if SAVE and ZONEOUT:  # backward differentiates the activation at its own output
+                    tl.store(_at(ws, tb, H, j, cols), h, mask=am)
+            if ZONEOUT:  # h = h_prev + k (h - h_prev): k = 1 keeps the new h, 0 the previous one
+                h = h_prev + _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC) * (h - h_prev)
+            if CELL == 1:
+                c_next = tl.where(active[:, None], h, h_prev)
             if OWN:
                 if KP > 0:
                     own = c_next
@@ -500,13 +522,14 @@ def sequence_fwd_kernel(
 def sequence_bwd_kernel(
     dy,  # (T, B, DIRS * R) gradient of the outputs
     dcs,  # (D, T, B, SD * H) gradients of the owned states' sequences (LSTM c, sLSTM c | n), read when STATE_GRADS
+    keep,  # zoneout's keep factors, as the forward's (read when ZONEOUT)
     w,  # (D, G, R) W_hh; with HEADS (D, G, HD)
     w_hr,  # (D, R, H) LSTM projection W_hr, read when HAS_PROJ
     h0,  # (D, B, R) initial hidden state (GRU needs h_prev)
     c0,  # (D, B, SC * H) initial owned states (LSTM c; sLSTM c | n | m)
     lengths,  # (B,) int64
     y,  # (T, B, DIRS * R) forward outputs
-    ws,  # (D, T, B, 4H) saved gate values
+    ws,  # (D, T, B, 4H) saved gate values (RNN with zoneout: (D, T, B, H), the cell's h before zoneout)
     cs,  # (D, T, B, SC * H) saved owned states (LSTM c; sLSTM c | n | m)
     dg,  # out (D, T, B, GS) gate gradients (GRU: r, z, input-side n, hidden-side n); zero past lengths
     dhs,  # out (D, T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
@@ -518,7 +541,8 @@ def sequence_bwd_kernel(
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     HD, GROUP,  # units per head (R without heads); programs of a batch tile that meet at a barrier
     CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_PROJ: tl.constexpr, HEADS: tl.constexpr,
-    STATE_GRADS: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    ZONEOUT: tl.constexpr, STATE_GRADS: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr,
+    DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
@@ -544,15 +568,17 @@ def sequence_bwd_kernel(
     GS = 4 * H if G > 1 else H  # the width of dg
     SC: tl.constexpr = 3 if CELL == 4 else 1  # owned states (c; sLSTM c, n, m) and carried ones (dc; sLSTM dc, dn)
     SD: tl.constexpr = 2 if CELL == 4 else 1
+    WSW: tl.constexpr = 4 if G > 1 else 1  # saved values per unit
     YW = DIRS * R
     dy += d * R
+    keep += d * H if ZONEOUT == 1 else 0
     dcs += d * T * B * SD * H
     y += d * R
     w += d * G * H * HD
     w_hr += d * R * H
     h0 += d * B * R
     c0 += d * B * SC * H
-    ws += d * T * B * 4 * H
+    ws += d * T * B * WSW * H
     cs += d * T * B * SC * H
     dg += d * T * B * GS
     dhs += d * T * B * R
@@ -607,6 +633,10 @@ def sequence_bwd_kernel(
                 else:
                     carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
                 dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
+            if ZONEOUT:  # h = h_prev + k (h_cell - h_prev): the cell gets k dh, h_prev (1 - k) dh directly
+                k = _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC)
+                zoned = (1.0 - k) * dh
+                dh = k * dh
             direct = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if CARRIES:
                 if KP > 0:
@@ -658,9 +688,14 @@ def sequence_bwd_kernel(
                 _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_r, 0.0), tl.where(a, d_z, 0.0),
                              tl.where(a, d_xn, 0.0), tl.where(a, d_hn, 0.0))
             else:
-                h = tl.load(_at(y, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
+                if ZONEOUT:  # the activation's own output, saved by the forward (y is the zoned h)
+                    h = tl.load(_at(ws, tb, H, j, cols), mask=am, other=0.0).to(ACC)
+                else:
+                    h = tl.load(_at(y, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
                 d_pre = rnn_backward(dh, h, CELL == 3)
                 tl.store(_at(dg, tb, GS, j, cols), tl.where(a, d_pre, 0.0), mask=m)
+            if ZONEOUT:
+                direct += zoned
             if CARRIES:
                 if KP > 0:
                     own_dc = dc_next
@@ -854,7 +889,25 @@ def layer_sizes(w_hh: torch.Tensor, w_hr: torch.Tensor | None, cell: int) -> tup
     return D, G, H, H, K
 
 
-def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool, plan: SequencePlan):
+def _zoneout(keep: torch.Tensor | None, cell: int, w_hr: torch.Tensor | None) -> int:
+    """The ZONEOUT constexpr: 0 without zoneout, 1 with per-element keep factors (training masks), 2 with one
+    factor (eval)."""
+    if keep is None:
+        return 0
+    if w_hr is not None or cell == SLSTM:
+        raise ValueError("zoneout is for the LSTM (without a projection), GRU and RNN cells")
+    return 2 if keep.numel() == 1 else 1
+
+
+def _keep_part(keep: torch.Tensor | None, d: slice, hidden: int, like: torch.Tensor) -> torch.Tensor:
+    """Directions ``d`` of the zoneout keep factors (one factor: the same for every direction)."""
+    if keep is None:
+        return like
+    return keep if keep.numel() == 1 else _part(keep, d, hidden)
+
+
+def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool, plan: SequencePlan,
+                     keep: torch.Tensor | None = None):
     """One layer over the whole sequence in D directions (1, or 2: a bidirectional layer, direction 1 in
     reverse), covered as ``plan`` says (both directions in one launch when ``plan.directions`` is 2).
 
@@ -863,9 +916,11 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     without it); h0 (D, B, R) and c0 (D, B, S*H), the owned states (LSTM c; sLSTM c, n, m side by side);
     lengths (B,) int64. Returns y (T, B, D*R), h_n (D, B, R), c_n (D, B, S*H), the saved gates (D, T, B, 4H)
     and owned states of every step (D, T, B, S*H) when ``save`` (what backward reads), and the pre-projection
-    outputs m (D, T, B, H); unused ones are empty.
+    outputs m (D, T, B, H); unused ones are empty. ``keep``: zoneout's keep-the-new-h factors, (T, B, D*H)
+    training masks or a (1,) eval factor 1 - p (None: no zoneout): h = h_prev + keep (h_cell - h_prev).
     """
-    xp, w_hh, b_hn, w_hr = _contiguous(xp, w_hh, b_hn, w_hr)
+    xp, w_hh, b_hn, w_hr, keep = _contiguous(xp, w_hh, b_hn, w_hr, keep)
+    zoneout = _zoneout(keep, cell, w_hr)
     D, G, H, R, HD = layer_sizes(w_hh, w_hr, cell)
     T, B, _ = xp.shape
     acc = _compute_dtype(xp.dtype)
@@ -878,19 +933,20 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     cbuf = new_output(state, (D, B, owned * H)).copy_(own) if owned else state
     # FlashRNN's sLSTM starts with m = pre_i when the initial normaliser is zero everywhere (on the device: no sync)
     zero_n = (cbuf[..., H : 2 * H] == 0).all().to(torch.int32).reshape(1) if cell == SLSTM else lengths
-    save = save and SAVED[cell] > 0
-    ws = new_output(state, (D, T, B, SAVED[cell] * H) if save else (0,))
+    saved = SAVED[cell] or (1 if zoneout else 0)  # an RNN with zoneout saves its cell's h
+    save = save and saved > 0
+    ws = new_output(state, (D, T, B, saved * H) if save else (0,))
     cs = new_output(state, (D, T, B, owned * H) if save and cell != GRU else (0,))
     ms = new_output(xp, (D, T, B, H) if w_hr is not None else (0,))
     phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
     span = reduction_span(H, HD, plan.blocks.block_h) if HD < R else R
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, xp.dtype, plan)
-        meta.update(DIRS=D, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, HEADS=HD < R, SAVE=save,
-                    KP=_resident_width(plan, H, span), GATES_P2=triton.next_power_of_2(GATES[cell]))
+        meta.update(DIRS=D, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout,
+                    SAVE=save, KP=_resident_width(plan, H, span), GATES_P2=triton.next_power_of_2(GATES[cell]))
         head = (
             _part(xp, d, G), _part(w_hh, d), _or_dummy(_part(b_hn, d), xp), _or_dummy(_part(w_hr, d), xp), lengths,
-            zero_n, _part(y, d, R), _part(hbuf, d), _or_dummy(_part(cbuf, d), xp), _or_dummy(_part(ws, d), xp),
+            zero_n, _keep_part(keep, d, H, xp), _part(y, d, R), _part(hbuf, d), _or_dummy(_part(cbuf, d), xp), _or_dummy(_part(ws, d), xp),
             _or_dummy(_part(cs, d), xp), _or_dummy(_part(ms, d), xp),
         )
         tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices, HD, plan.meeting)
@@ -901,7 +957,7 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
 
 
 def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool,
-                      plan: SequencePlan, dcs: torch.Tensor | None = None):
+                      plan: SequencePlan, dcs: torch.Tensor | None = None, keep: torch.Tensor | None = None):
     """Reverse-time pass of one layer in D directions, covered as ``plan`` says (as ``sequence_forward``).
 
     Gradients dy (T, B, D*R), dh_n (D, B, R) and dc_n (D, B, C*H), the carried owned states' (LSTM c; sLSTM
@@ -909,9 +965,10 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     every step (None: zero), and the forward's tensors. Returns the gate gradients (D, T, B, GS) with GS = 4H
     (GRU: r, z, input-side n, hidden-side n) or H, zero past each length; dh0 (D, B, R) and dc0 (D, B, C*H)
     (empty for GRU and RNN) in the compute dtype; and with a projection the gradient of each step's h,
-    (D, T, B, R), zero past each length (else empty).
+    (D, T, B, R), zero past each length (else empty). ``keep``: the forward's zoneout factors.
     """
-    dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs)
+    dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs, keep = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs, keep)
+    zoneout = _zoneout(keep, cell, w_hr)
     D, G, H, R, HD = layer_sizes(w_hh, w_hr, cell)
     T, B, _ = y.shape
     gs = (4 if G > H else 1) * H
@@ -927,10 +984,10 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     span = reduction_span(R, HD, plan.blocks.block_h) if HD < R else H
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
-        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, STATE_GRADS=dcs is not None,
+        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout, STATE_GRADS=dcs is not None,
                     KP=_resident_width(plan, H, span))
         head = (
-            _part(dy, d, R), _or_dummy(_part(dcs, d), y), _part(w_hh, d), _or_dummy(_part(w_hr, d), y),
+            _part(dy, d, R), _or_dummy(_part(dcs, d), y), _keep_part(keep, d, H, y), _part(w_hh, d), _or_dummy(_part(w_hr, d), y),
             _or_dummy(_part(h0, d), y), _or_dummy(_part(c0, d), y), lengths, _part(y, d, R),
             _or_dummy(_part(ws, d), y), _or_dummy(_part(cs, d), y), _part(dg, d), _or_dummy(_part(dhs, d), y),
             _part(dhbuf, d), _or_dummy(_part(dcbuf, d), y),
