@@ -320,6 +320,26 @@ def let_dynamo_trace_fused_layers() -> None:
     VariableBuilder.wrap_module = wrap_module
 
 
+def _load_haste(module: nn.RNNBase, state: dict[str, Tensor], order: tuple[int, ...], names: dict[str, str]) -> None:
+    """Copy a haste layer's parameters into a one-layer, one-direction fused layer: haste's (in, gates x H)
+    matrices transposed, their gate blocks reordered to torch's (``order``: haste's block of each torch gate);
+    a bias haste lacks is zero."""
+    if module.num_layers != 1 or module.bidirectional or not module.bias or module.proj_size:
+        raise ValueError("a haste layer is one layer, one direction, with biases and no projection")
+    h = module.hidden_size
+
+    def torch_order(t: Tensor) -> Tensor:
+        blocks = t.reshape(*t.shape[:-1], len(order), h)
+        return blocks[..., list(order), :].reshape(t.shape)
+
+    with torch.no_grad():
+        for ours, theirs in names.items():
+            value = torch_order(state[theirs])
+            getattr(module, ours).copy_(value.t() if value.dim() == 2 else value)
+        if "bias_hh_l0" not in names:
+            module.bias_hh_l0.zero_()
+
+
 class _Compilable:
     """Mixin of the fused layers: creating one (or unpickling, copying) installs ``let_dynamo_trace_fused_layers``;
     haste's regularisers as keyword arguments beyond torch.nn's.
@@ -363,6 +383,12 @@ class LSTM(_Compilable, nn.LSTM):
             self.forget_bias = forget_bias
             self.reset_parameters()
 
+    def load_haste_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a haste ``LSTM``'s parameters (one layer, one direction): ``kernel`` (I, 4H),
+        ``recurrent_kernel`` (H, 4H), ``bias`` (4H,), gates i, g, f, o (torch's are i, f, g, o); b_hh is set to 0."""
+        _load_haste(self, state, (0, 2, 1, 3), {"weight_ih_l0": "kernel", "weight_hh_l0": "recurrent_kernel",
+                                                "bias_ih_l0": "bias"})
+
     def reset_parameters(self) -> None:
         super().reset_parameters()
         if self.forget_bias is not None and self.bias:
@@ -378,6 +404,13 @@ class LSTM(_Compilable, nn.LSTM):
 
 class GRU(_Compilable, nn.GRU):
     """torch.nn.GRU on Triton sequence kernels (one launch per layer and direction)."""
+
+    def load_haste_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a haste ``GRU``'s parameters (one layer, one direction): ``kernel`` (I, 3H), ``recurrent_kernel``
+        (H, 3H), ``bias`` and ``recurrent_bias`` (3H,), gates z, r, g (torch's: r, z, n; haste's recurrent bias
+        sits inside r * (W_hg h + b_hg) as torch's b_hn does)."""
+        _load_haste(self, state, (1, 0, 2), {"weight_ih_l0": "kernel", "weight_hh_l0": "recurrent_kernel",
+                                             "bias_ih_l0": "bias", "bias_hh_l0": "recurrent_bias"})
 
     def forward(self, input, hx=None):
         return _forward_or_fallback(self, super().forward, input, hx)

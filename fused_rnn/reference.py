@@ -199,10 +199,48 @@ def haste_indrnn(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_scale: Tensor,
     h = [h0]
     wx = x @ kernel + bias
     for t in range(x.shape[0]):
-        h.append(torch.tanh(wx[t] + h[-1] * recurrent_scale))
-        if zoneout:
-            if training:
-                h[-1] = (h[-1] - h[-2]) * zoneout_mask[t] + h[-2]
-            else:
-                h[-1] = zoneout * h[-2] + (1 - zoneout) * h[-1]
+        h.append(_haste_zoneout(torch.tanh(wx[t] + h[t] * recurrent_scale), h[t], zoneout,
+                                None if zoneout_mask is None else zoneout_mask[t], training))
+    return torch.stack(h)
+
+
+def _haste_zoneout(h_new: Tensor, h_prev: Tensor, zoneout: float, mask: Tensor | None, training: bool) -> Tensor:
+    """haste's zoneout of h (frameworks/pytorch/*.py): in training (h_new - h_prev) * mask + h_prev, in eval
+    zoneout h_prev + (1 - zoneout) h_new."""
+    if not zoneout:
+        return h_new
+    if training:
+        return (h_new - h_prev) * mask + h_prev
+    return zoneout * h_prev + (1 - zoneout) * h_new
+
+
+def haste_lstm(x: Tensor, h0: Tensor, c0: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor,
+               zoneout: float = 0.0, zoneout_mask: Tensor | None = None, training: bool = False) -> tuple[Tensor, Tensor]:
+    """haste's LSTM over time, as its PyTorch fallback computes it (``frameworks/pytorch/lstm.py``,
+    ``LSTMScript``), in haste's layout and gate order i, g, f, o: kernel (I, 4H), recurrent_kernel (H, 4H),
+    bias (4H,). Zoneout applies to h only (c is never zoned). Returns every h and c (T + 1, B, H), the initial
+    ones first."""
+    h, c = [h0], [c0]
+    wx = x @ kernel
+    for t in range(x.shape[0]):
+        i, g, f, o = (h[t] @ recurrent_kernel + wx[t] + bias).chunk(4, 1)
+        c.append(torch.sigmoid(f) * c[t] + torch.sigmoid(i) * torch.tanh(g))
+        h.append(_haste_zoneout(torch.sigmoid(o) * torch.tanh(c[-1]), h[t], zoneout,
+                                None if zoneout_mask is None else zoneout_mask[t], training))
+    return torch.stack(h), torch.stack(c)
+
+
+def haste_gru(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor, recurrent_bias: Tensor,
+              zoneout: float = 0.0, zoneout_mask: Tensor | None = None, training: bool = False) -> Tensor:
+    """haste's GRU over time, as its PyTorch fallback computes it (``frameworks/pytorch/gru.py``, ``GRUScript``),
+    in haste's layout and gate order z, r, g: kernel (I, 3H), recurrent_kernel (H, 3H), bias and recurrent_bias
+    (3H,); h = z h_prev + (1 - z) tanh(x_g + r (h W_g + b_g)). Returns every h (T + 1, B, H), h0 first."""
+    h = [h0]
+    wx = x @ kernel + bias
+    for t in range(x.shape[0]):
+        xz, xr, xg = wx[t].chunk(3, 1)
+        hz, hr, hg = (h[t] @ recurrent_kernel + recurrent_bias).chunk(3, 1)
+        z, r = torch.sigmoid(xz + hz), torch.sigmoid(xr + hr)
+        new = z * h[t] + (1 - z) * torch.tanh(xg + r * hg)
+        h.append(_haste_zoneout(new, h[t], zoneout, None if zoneout_mask is None else zoneout_mask[t], training))
     return torch.stack(h)
