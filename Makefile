@@ -42,6 +42,7 @@ PEERS_ARGS ?= --quick
 bench: install
 	$(PYTHON) -m fused_rnn.bench $(BENCH_ARGS)
 	$(PYTHON) -m fused_rnn.bench.peers $(PEERS_ARGS)
+	$(PYTHON) -m fused_rnn.bench.loops --quick
 
 # Compiles every kernel configuration for sm_80, sm_90 and gfx942 (no GPU needed) and rewrites the report;
 # fails when a configuration does not compile, spills or overflows shared memory (see docs/compile-report.md).

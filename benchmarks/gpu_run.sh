@@ -31,6 +31,9 @@
 #             This machine has no network: FlashRNN (and einops) install from FLASHRNN_WHEELS, a folder of
 #             their wheels (docs/benchmarks.md says how to make it), when flashrnn does not import; without
 #             it the stage logs why and times fused_rnn and cuDNN alone (peers.log, peers/peers.{json,md}).
+#   loops/    haste's cells and the others torch.nn lacks (IndRNN, LSTM and GRU with zoneout, sLSTM,
+#             multi-head LSTM) against the plain-torch loop over time, and cuDNN where it has a relative
+#             (python -m fused_rnn.bench.loops; loops.log, loops/loops.json)
 # Each benchmark writes bench.json, bench.csv, bench.md, bench.png (with matplotlib) under
 # OUTPUT_DIR/NAME/, with measured and predicted (cost model) microseconds per step; the summary
 # table comes last (also in summary.txt). The stage limits add up to about 10 minutes (estimates, not
@@ -147,7 +150,7 @@ fast=(--impl sequence,stepwise,cudnn,native)
 tiny=()
 [ -n "$rehearse" ] && tiny=(--seq 4 --batch 2 --input 4 --hidden 8 --no-scale --quick
                             --budget-s "${REHEARSE_BUDGET_S:-2}")
-stage default 100 "${bench[@]}" "${fast[@]}" --budget-s 85 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
+stage default 90 "${bench[@]}" "${fast[@]}" --budget-s 75 --out "$out/default" ${tiny[@]+"${tiny[@]}"}
 stage flashrnn 60 "${bench[@]}" --impl sequence,cudnn --cell lstm --dtype bf16 --seq 1024 --batch 16 --hidden 768 \
     --input 768 --budget-s 50 --out "$out/flashrnn" ${tiny[@]+"${tiny[@]}"}
 stage sweeps 55 "${bench[@]}" "${fast[@]}" --sweep batch,hidden,layers,packed --cell lstm --dtype fp16 --quick \
@@ -169,6 +172,9 @@ tiny_peers=()
                                   --no-scale --budget-s 60)
 stage peers 90 "$py" -m fused_rnn.bench.peers --quick --budget-s 75 --out "$out/peers" ${peer[@]+"${peer[@]}"} \
     ${tiny_peers[@]+"${tiny_peers[@]}"}
+tiny_loops=()
+[ -n "$rehearse" ] && tiny_loops=(--seq 4 --batch 16 --hidden 32 --no-scale --cell indrnn --mode forward)
+stage loops 40 "$py" -m fused_rnn.bench.loops --quick --out "$out/loops" ${tiny_loops[@]+"${tiny_loops[@]}"}
 
 log "bitwise: $(tail -n 1 "$out/bitwise.log")"
 log "tests: $(tail -n 1 "$out/tests.log")"

@@ -112,6 +112,11 @@ def test_rehearsal_runs_every_stage(tmp_path):
     peers = json.loads((tmp_path / "peers" / "peers.json").read_text())["results"]
     assert {r["candidate"] for r in peers if r["median_ms"] is not None} == {"fused_rnn", "flashrnn:vanilla"}, peers
     assert all(r["rel_err"] < 5e-2 for r in peers), peers  # bf16 against FlashRNN's fp64
+    # haste's cells against the plain-torch loop: the IndRNN in one launch without a barrier
+    assert "loops: exit status 0" in log, log
+    loops = json.loads((tmp_path / "loops" / "loops.json").read_text())
+    assert {(r["candidate"], r["launches"], r["barriers_per_step"]) for r in loops} == {
+        ("fused_rnn", 1, 0), ("torch loop", None, None)}, loops
     summary = (tmp_path / "summary.txt").read_text()
     assert "interpreter timings" in summary and "lstm forward" in summary and "us/step (predicted)" in summary
     assert done.stdout.rstrip().endswith(summary.rstrip()), "the summary comes last"
