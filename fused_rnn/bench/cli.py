@@ -89,14 +89,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _restart_in_interpreter(argv: list[str] | None) -> None:
-    """Start this command again with TRITON_INTERPRET=1.
+def restart_in_interpreter(argv: list[str] | None, module: str = "fused_rnn.bench") -> None:
+    """Start this command (``python -m module``) again with TRITON_INTERPRET=1.
 
     Triton picks the interpreter when a kernel is defined, that is when
     fused_rnn is imported, which ``python -m fused_rnn.bench`` has already done.
     """
     args = sys.argv[1:] if argv is None else argv
-    os.execve(sys.executable, [sys.executable, "-m", "fused_rnn.bench", *args], {**os.environ, "TRITON_INTERPRET": "1"})
+    os.execve(sys.executable, [sys.executable, "-m", module, *args], {**os.environ, "TRITON_INTERPRET": "1"})
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 1 when a check failed or a fused_rnn candidate raised, else 0."""
     args = parser().parse_args(argv)
     if not interpreting() and not torch.cuda.is_available():
-        _restart_in_interpreter(argv)
+        restart_in_interpreter(argv)
     interpreter = interpreting()
     device = torch.device("cpu" if interpreter else "cuda")
     cases, chosen, notes = _plan(args, device, interpreter)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..kernels.launch import interpreting
+from .cli import restart_in_interpreter
 from .timing import measure
 
 CELLS = ("indrnn", "lstm_zoneout", "gru_zoneout", "slstm", "multihead_lstm")
@@ -132,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=pathlib.Path, help="directory for loops.json")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        os.execve(sys.executable, [sys.executable, "-m", "fused_rnn.bench.loops", *(argv or sys.argv[1:])],
-                  {**os.environ, "TRITON_INTERPRET": "1"})
+    if not torch.cuda.is_available() and not interpreting():
+        restart_in_interpreter(argv, "fused_rnn.bench.loops")
     rows = run(args)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import pathlib
 import sys
 import time
@@ -31,6 +30,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..kernels.launch import interpreting
+from .cli import restart_in_interpreter
 from .timing import measure
 
 HEADS = (48, 24, 12, 6, 1)
@@ -149,8 +150,8 @@ def run(args: argparse.Namespace) -> list[Result]:
             reference = None
             if flashrnn is not None:
                 wide = [t.double() for t in tensors]
-                reference = {mode: _step(lambda *t: flashrnn(*t, function=function, backend="vanilla_fwbw",
-                                                             dtype="float32"), wide, mode)() for mode in args.mode}
+                exact = functools.partial(flashrnn, function=function, backend="vanilla_fwbw", dtype="float32")
+                reference = {mode: _step(exact, wide, mode)() for mode in args.mode}
             for mode in args.mode:
                 for name, call in _candidates(function, heads, device, flashrnn).items():
                     if time.perf_counter() - start > args.budget_s:
@@ -213,9 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=pathlib.Path, help="directory for peers.json and peers.md")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        os.execve(sys.executable, [sys.executable, "-m", "fused_rnn.bench.peers", *(argv or sys.argv[1:])],
-                  {**os.environ, "TRITON_INTERPRET": "1"})
+    if not torch.cuda.is_available() and not interpreting():
+        restart_in_interpreter(argv, "fused_rnn.bench.peers")
     results = run(args)
     import triton
 
