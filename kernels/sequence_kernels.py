@@ -48,7 +48,9 @@ over the h of its own head only, and the programs of a tile meet only with
 those that share their heads (GROUP; none when a program owns whole heads).
 
 CELL: 0 LSTM (gates i, f, g, o), 1 GRU (r, z, n), 2 RNN tanh, 3 RNN relu,
-4 sLSTM (i, f, z, o; owned states c, n and the stabiliser m).
+4 sLSTM (i, f, z, o; owned states c, n and the stabiliser m). IndRNN is the RNN
+with one-unit heads. ZONEOUT blends each unit's new h with its previous one
+(haste's zoneout). The device functions live in ``sequence_tiles``.
 """
 
 import logging
@@ -68,6 +70,24 @@ from .cell_math import (
     slstm_forward,
 )
 from .launch import SequencePlan, interpreting, launch, new_output, tf32_products
+from .sequence_tiles import (
+    BROKEN,
+    _at,
+    _gate_products,
+    _gate_rows,
+    _head_span,
+    _keep_factor,
+    _load_gates,
+    _matmul_block,
+    _own_tile,
+    _program_columns,
+    _program_rows,
+    _put_own_tile,
+    _resident_tile,
+    _slices_barrier,
+    _step_rows,
+    _store_gates,
+)
 
 log = logging.getLogger("fused_rnn")
 
@@ -88,265 +108,6 @@ CARRIED = {LSTM: 1, GRU: 0, RNN_TANH: 0, RNN_RELU: 0, SLSTM: 2}
 # gate gradients, then the carried gradient dh_{t-1} = d_gates W_hh on the program's units of h.
 FWD_CELL, FWD_PROJ = tl.constexpr(1), tl.constexpr(2)
 BWD_PROJ, BWD_GATES, BWD_CARRY = tl.constexpr(1), tl.constexpr(2), tl.constexpr(4)
-# Added to a barrier's counter when a wait gives up: every later wait of the launch passes at once and the
-# launcher reports the stall.
-BROKEN = tl.constexpr(1 << 30)
-
-
-@triton.jit
-def _program_rows(lengths, B, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr):
-    """This program's direction d (int64; grid axis 0 runs over the batch tiles of direction 0, then of
-    direction 1), whether it runs in reverse (direction 1 of a bidirectional launch, or REVERSE), its batch
-    rows (int64), their mask, their lengths and a zero per row (a time index of 0)."""
-    tiles = tl.cdiv(B, BLOCK_B)
-    d = tl.program_id(0) // tiles
-    rows = (tl.program_id(0) - d * tiles).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    lens = tl.load(lengths + rows, mask=rmask, other=0)
-    return d.to(tl.int64), d != REVERSE, rows, rmask, lens, tl.zeros_like(lens)
-
-
-@triton.jit
-def _program_columns(width, SLICE):
-    """The columns [lo, hi) of a ``width``-wide state that this program's hidden slice owns."""
-    lo = tl.program_id(1) * SLICE
-    return lo, tl.minimum(lo + SLICE, width)
-
-
-@triton.jit
-def _slices_barrier(sync, arrivals, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr):
-    """Wait until the programs of this batch tile have all finished the phase: ``sync`` reaches ``arrivals``.
-
-    Every thread's stores come first (``tl.debug_barrier``, a CTA barrier); one
-    release atomic add at GPU scope (PTX ``red.release.gpu``; release is
-    cumulative, so it publishes the stores the CTA barrier ordered before it)
-    counts the arrival; the wait spins on acquire reads of the counter (Triton
-    lowers an atomic add of 0 to ``ld.acquire.gpu``, which also invalidates the
-    SM's L1, so the state read next is never a stale line); a CTA barrier then
-    lets every thread read. A wait that spins ``SPIN_LIMIT`` times gives up and adds
-    BROKEN to the counter, so the rest of the launch passes through and the
-    launcher raises. Without BARRIER only the program's own threads synchronise.
-    """
-    tl.debug_barrier()
-    if BARRIER:
-        tl.atomic_add(sync, 1, sem="release", scope="gpu")
-        seen = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
-        spins = 0
-        while (seen < arrivals) & (spins < SPIN_LIMIT):
-            seen = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
-            spins += 1
-        if seen < arrivals:
-            tl.atomic_add(sync, BROKEN, sem="relaxed", scope="gpu")
-        tl.debug_barrier()
-
-
-@triton.jit
-def _step_rows(s, lengths, reverse):
-    """Time index of each row at step s and whether the row is active (s < its length); ``reverse``: whether the
-    program runs backwards in time.
-
-    Inactive rows point at time s, a padding position, where they write zeros.
-    """
-    active = s < lengths
-    t = tl.where(active & reverse, lengths - 1 - s, tl.zeros_like(lengths) + s)
-    return t, active
-
-
-@triton.jit
-def _head_span(j, H, HD, K, HEADS: tl.constexpr, BLOCK_H: tl.constexpr):
-    """[k_lo, k_hi): the reduction indices the units [j, j + BLOCK_H) of H sum over: the columns of their heads
-    (HEADS: the recurrent matrix is block-diagonal, heads HD units wide), else all K."""
-    if HEADS:
-        last = tl.minimum(j + BLOCK_H, H) - 1
-        return (j // HD) * HD, (last // HD + 1) * HD
-    else:
-        return 0, K
-
-
-@triton.jit
-def _w_block(w, w_rows, s_wr, s_wk, w_real, w_head, HD, ks, k_hi, HEADS: tl.constexpr):
-    """Pointers and mask of the block W[ks, n] of a recurrent matrix, n over the block's columns: W[k, n] at
-    w + w_rows[n] * s_wr + k * s_wk, real where ``w_real`` and k < k_hi.
-
-    HEADS: the matrix is stored compact, one (HD x HD) block per head and gate (rows g * H + unit, columns the
-    previous state's units within the head, stride 1), so column n reads only the k of its head
-    [w_head[n], w_head[n] + HD), shifted by the head's first unit ``w_head`` (int64)."""
-    ptrs = w + w_rows[None, :] * s_wr + ks[:, None] * s_wk
-    mask = (ks < k_hi)[:, None] & w_real[None, :]
-    if HEADS:
-        ptrs -= w_head[None, :]
-        mask &= (ks[:, None] >= w_head[None, :]) & (ks[:, None] < w_head[None, :] + HD)
-    return ptrs, mask
-
-
-@triton.jit
-def _resident_tile(w, k_lo, k_hi, s_wr, s_wk, w_rows, w_real, w_head, HD, HEADS: tl.constexpr, KP: tl.constexpr):
-    """The (KP, N) block W[k_lo + k, n] (``_w_block``, zero past k_hi and the real columns): a program's rows of
-    the recurrent matrix, loaded before the time loop and kept on chip (KP > 0); 0 when KP is 0 (streamed)."""
-    if KP > 0:
-        ks = k_lo + tl.arange(0, KP).to(tl.int64)
-        ptrs, mask = _w_block(w, w_rows, s_wr, s_wk, w_real, w_head, HD, ks, k_hi, HEADS)
-        return tl.load(ptrs, mask=mask, other=0.0)
-    else:
-        return 0
-
-
-@triton.jit
-def _matmul_block(acc, a, a_rows, a_width, a_col0, rmask, k_lo, k_hi, w, s_wr, s_wk, w_rows, w_real, w_head, HD,
-                  w_res, KP: tl.constexpr, HEADS: tl.constexpr,
-                  ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + the (BLOCK_B, BLOCK_N) block of sum over k in [k_lo, k_hi) of A[a_rows, a_col0 + k] W[k, n].
-
-    A is contiguous with rows ``a_width`` wide and ``a_rows`` the int64 row
-    index of each of the block's rows (as ``_at``); W is addressed by
-    ``_w_block`` (``w_rows``: the int64 row of W that makes each column, real
-    where ``w_real``; with HEADS each column sums over its own head only).
-
-    With KP > 0 the block of W is ``w_res``, the (KP, BLOCK_N) tile
-    ``_resident_tile`` loaded before the time loop from the same k_lo, and one
-    product over the whole reduction reads only A. With KP = 0 W is streamed
-    by (BLOCK_K x BLOCK_N) blocks (the same code multiplies by W_hh^T forward
-    or, with the strides swapped, by W_hh backward).
-    """
-    if KP > 0:
-        ks = k_lo + tl.arange(0, KP).to(tl.int64)
-        # A: state other programs wrote, read after the barrier's acquire (see below for ".cg").
-        x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + ks)[None, :],
-                    mask=rmask[:, None] & (ks < k_hi)[None, :], other=0.0, cache_modifier=".cg")
-        x = x.to(w_res.dtype)
-        wt = w_res
-        if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
-            x = x.to(tl.float32)
-            wt = wt.to(tl.float32)
-        acc = tl.dot(x, wt, acc, input_precision=DOT_PREC, out_dtype=ACC)
-    else:
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            # int64: in backward k counts rows of W (up to 4H) times its row stride.
-            ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            # A is state other programs of the tile wrote. It is read after the barrier's acquire at GPU scope, which
-            # invalidates this SM's L1 (NVIDIA; AMD likewise), so no stale line is served; ".cg" (L2 only) marks it
-            # where the load stays a load (the pipeliner turns it into cp.async, which has no 4-byte L2-only form).
-            x = tl.load(a + a_rows[:, None] * a_width + (a_col0 + ks)[None, :],
-                        mask=rmask[:, None] & (ks < k_hi)[None, :], other=0.0, cache_modifier=".cg")
-            ptrs, mask = _w_block(w, w_rows, s_wr, s_wk, w_real, w_head, HD, ks, k_hi, HEADS)
-            wt = tl.load(ptrs, mask=mask, other=0.0)
-            x = x.to(wt.dtype)  # a state kept in fp32 enters the product in the weights' dtype
-            if DOT_FP32:  # Triton's interpreter gets bf16 tl.dot wrong: multiply in fp32 there.
-                x = x.to(tl.float32)
-                wt = wt.to(tl.float32)
-            acc = tl.dot(x, wt, acc, input_precision=DOT_PREC, out_dtype=ACC)  # Triton 3.6 wants out_dtype for fp64
-    return acc
-
-
-@triton.jit
-def _gate_rows(j, H, HD, CELL: tl.constexpr, GATES_P2: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The rows of W_hh (G, .) for the units [j, j + BLOCK_H), every gate side by side: column n of a gate
-    product is gate n % GATES_P2 of unit j + n // GATES_P2. Returns the rows (int64), whether each is real
-    (past H, and the GRU's padding fourth gate, are not) and the first unit of each column's head (int64;
-    heads HD units wide).
-
-    Side by side, the gates make one product N = BLOCK_H * GATES_P2 wide, which Triton spreads over the warps
-    (N = 16 per gate would leave most warps holding copies of the same W)."""
-    n = tl.arange(0, BLOCK_H * GATES_P2)
-    unit, gate = j + n // GATES_P2, n % GATES_P2
-    unit = unit.to(tl.int64)
-    return gate.to(tl.int64) * H + unit, (unit < H) & ((gate < 3) | (CELL != 1)), (unit // HD) * HD
-
-
-@triton.jit
-def _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD,
-                   CELL: tl.constexpr, GATES_P2: tl.constexpr, KP: tl.constexpr, HEADS: tl.constexpr,
-                   ACC: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
-                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The recurrent part h_{t-1} W_hh^T of each gate for the units [j, j + BLOCK_H): one product over the gates
-    side by side (``_gate_rows``; resident: the tile loaded before the time loop), over the units' heads (all of
-    h with one head), split into four (BLOCK_B, BLOCK_H) blocks (the cell's gates in order; the rest unused)."""
-    w_rows, real, w_head = _gate_rows(j, H, HD, CELL, GATES_P2, BLOCK_H)
-    k_lo, k_hi = _head_span(j, H, HD, R, HEADS, BLOCK_H)
-    both = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H * GATES_P2), ACC), h_cur, rows, R, 0, rmask, k_lo, k_hi,
-                         w, HD, 1, w_rows, real, w_head, HD, w_gates, KP, HEADS,
-                         ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H * GATES_P2, BLOCK_K)
-    if GATES_P2 == 1:
-        q0, q1, q2, q3 = both, both, both, both
-    else:
-        q0, q1, q2, q3 = _split_gates(tl.reshape(both, (BLOCK_B, BLOCK_H, 4)), BLOCK_B, BLOCK_H)
-    return q0, q1, q2, q3
-
-
-@triton.jit
-def _at(ptr, index, width, col0, cols):
-    """Pointers of a (BLOCK_B, BLOCK_H) block of a contiguous tensor whose rows are ``width`` wide: row index[i]
-    (int64: ``rows`` of a (B, width) state, ``t * B + rows`` of a (T, B, width) sequence), columns col0 + cols."""
-    return ptr + index[:, None] * width + (col0 + cols)[None, :]
-
-
-@triton.jit
-def _own_tile(buf, rows, rmask, width, col0, lo, n, KEEP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Units [lo, lo + BLOCK_H) (of n) of a state only this program reads and writes, at columns col0 + unit of
-    a contiguous (B, width) buffer, loaded once per launch to be carried in registers across its steps (KEEP);
-    0 otherwise."""
-    if KEEP:
-        cols = tl.arange(0, BLOCK_H).to(tl.int64)
-        return tl.load(_at(buf, rows, width, col0 + lo, cols), mask=rmask[:, None] & ((lo + cols) < n)[None, :],
-                       other=0.0).to(ACC)
-    else:
-        return 0
-
-
-@triton.jit
-def _put_own_tile(buf, rows, rmask, width, col0, lo, n, tile, KEEP: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Store the tile ``_own_tile`` loaded (and the steps updated) back at the end of the launch (KEEP)."""
-    if KEEP:
-        cols = tl.arange(0, BLOCK_H).to(tl.int64)
-        tl.store(_at(buf, rows, width, col0 + lo, cols), tile, mask=rmask[:, None] & ((lo + cols) < n)[None, :])
-
-
-@triton.jit
-def _keep_factor(keep, index, width, j, cols, mask, ZONEOUT: tl.constexpr, ACC: tl.constexpr):
-    """Zoneout's keep-the-new-h factor of a (BLOCK_B, BLOCK_H) block: the training mask's entries at rows
-    ``index`` of a (T*B, width) tensor (ZONEOUT 1; 0 where ``mask`` is off), or the one eval factor 1 - p
-    (ZONEOUT 2)."""
-    if ZONEOUT == 1:
-        return tl.load(_at(keep, index, width, j, cols), mask=mask, other=0.0).to(ACC)
-    else:
-        return tl.load(keep).to(ACC)
-
-
-@triton.jit
-def _split_gates(x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, BLOCK_H, 4) block whose last axis is the gate."""
-    even, odd = tl.split(tl.reshape(x, (BLOCK_B, BLOCK_H, 2, 2)))  # gate 2 a + b: split b, then a
-    q0, q2 = tl.split(even)
-    q1, q3 = tl.split(odd)
-    return q0, q1, q2, q3
-
-
-@triton.jit
-def _gate_pointers(ptr, index, width, H, j, cols):
-    """Pointers of a (BLOCK_B, BLOCK_H, 4) block, gates as its last axis: gate g of unit j + col in the rows
-    ``index`` of a tensor whose rows are ``width`` wide and hold gate g's units at columns g * H..."""
-    g = tl.arange(0, 4).to(tl.int64)
-    return ptr + index[:, None, None] * width + (g * H)[None, None, :] + (j + cols)[None, :, None]
-
-
-@triton.jit
-def _load_gates(ptr, index, width, H, j, cols, mask, GATES: tl.constexpr, ACC: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Gates 0..GATES-1 of a (BLOCK_B, BLOCK_H) block (``_gate_pointers``) in one load, as four blocks in ACC
-    (zeros past GATES and where ``mask`` is off)."""
-    g = tl.arange(0, 4)
-    x = tl.load(_gate_pointers(ptr, index, width, H, j, cols), mask=mask[:, :, None] & (g < GATES)[None, None, :],
-                other=0.0)
-    return _split_gates(x.to(ACC), BLOCK_B, BLOCK_H)
-
-
-@triton.jit
-def _store_gates(ptr, index, width, H, j, cols, mask, q0, q1, q2, q3):
-    """Store four gate blocks (``_gate_pointers``) in one store."""
-    x = tl.join(tl.join(q0, q2), tl.join(q1, q3))  # [.., a, b] = gate 2 a + b
-    tl.store(_gate_pointers(ptr, index, width, H, j, cols), tl.reshape(x, (q0.shape[0], q0.shape[1], 4)),
-             mask=mask[:, :, None])
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
