@@ -156,3 +156,16 @@ def test_matches_flashrnns_triton_kernels(function, device):
     ours = outputs_and_grads(fused, function, tensors)
     for o, t, e, name in zip(ours, theirs, exact, NAMES, strict=True):
         assert_close(o, e, torch.float32, f"{function} {name} against FlashRNN's Triton kernels", torch_out=t)
+
+
+def test_compiles_as_one_graph(device):
+    """torch.compile(fullgraph=True) of FlashRNN's API: the same results as eager."""
+    tensors = [t.detach() for t in inputs("slstm", 2, 16, torch.float32, device)]
+
+    def call(*t):
+        return fused_rnn.flashrnn(*t, function="slstm")
+
+    eager = call(*tensors)
+    compiled = torch.compile(call, fullgraph=True)(*tensors)
+    for e, c in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
