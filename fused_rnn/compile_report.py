@@ -174,11 +174,11 @@ def head_cases() -> list[Case]:
 
 def zoneout_cases() -> list[Case]:
     """haste's regularised cells: zoneout on the LSTM, GRU, RNN and IndRNN (one-unit heads), every dtype."""
-    return [Case(cell, dtype, hidden, batch, reverse, True, True, heads, zoneout=True)
-            for cell, heads in (("LSTM", 1), ("GRU", 1), ("RNN_TANH", 1), ("RNN_RELU", 1), ("RNN_TANH", 0))
+    return [Case(cell, dtype, hidden, batch, reverse, True, True, hidden if indrnn else 1, zoneout=True)
+            for cell, indrnn in (("LSTM", False), ("GRU", False), ("RNN_TANH", False), ("RNN_RELU", False),
+                                 ("RNN_TANH", True))
             for dtype in ("float32", "float16", "bfloat16", "float64")
-            for hidden in (40, 768) for batch in (16, 4096) for reverse in (False, True)
-            for heads in ([heads] if heads else [hidden])]
+            for hidden in (40, 768) for batch in (16, 4096) for reverse in (False, True)]
 
 
 # Every kernel on every target, each cell's code path (CELL, HAS_PROJ, HAS_BHN, RELU) and accumulator type, both
