@@ -246,7 +246,10 @@ def _forward(module: nn.RNNBase, input, hx):
         if padded.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         lengths = torch.full((padded.shape[1],), padded.shape[0], dtype=torch.int64, device=x.device)
-    h0, c0 = (hx[0], torch.cat(hx[1:], dim=-1)) if is_lstm else (hx, None)
+    if not is_lstm:
+        h0, c0 = hx, None
+    else:  # the LSTM's c as given (a view of hx, not a copy); the sLSTM's c, n, m side by side
+        h0, c0 = hx[0], hx[1] if len(hx) == 2 else torch.cat(hx[1:], dim=-1)
     y, h_n, c_n = run_layers(module, padded, h0, c0, lengths)
     if packed:
         output = PackedSequence(packing.pack(y, positions), batch_sizes, sorted_indices, unsorted_indices)
