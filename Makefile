@@ -38,7 +38,7 @@ test: install
 	$(PYTHON) -m pytest
 
 # PEERS_ARGS: options of the FlashRNN peer benchmark (python -m fused_rnn.bench.peers --help).
-PEERS_ARGS ?= --quick
+PEERS_ARGS ?= --quick --budget-s 300
 bench: install
 	$(PYTHON) -m fused_rnn.bench $(BENCH_ARGS)
 	$(PYTHON) -m fused_rnn.bench.peers $(PEERS_ARGS)
