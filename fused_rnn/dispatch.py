@@ -238,13 +238,21 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     for together in sorted({1, directions}):
         plans += [make_plan(batch, hidden_size, dtype, n, sms, True, together, head_dim)
                   for n in slice_choices(hidden_size, proj_size, block_h, head_dim)]
-        if on_tensor_cores(dtype, tf32) and proj_size == 0:  # with W_hr too, the resident backward spills
+        # with W_hr too, the resident backward spills; so does the TF32 one with heads 128 wide or more
+        if on_tensor_cores(dtype, tf32) and proj_size == 0 and not _heads_spill(dtype, hidden_size, head_dim):
             candidates = (resident_plan(batch, hidden_size, dtype, sms, True, rows, together, head_dim)
                           for rows in resident_rows(batch))
             plans += [p for p in candidates if p.one_launch and resident_bytes(
                 mode, hidden_size, dtype, p.blocks.block_b, head_dim) <= shared - SHARED_MARGIN]
     return tuple((layer_step_seconds(mode, batch, hidden_size, proj_size, dtype, p, sms, directions, head_dim), p)
                  for p in plans)
+
+
+def _heads_spill(dtype: torch.dtype, hidden_size: int, head_dim: int) -> bool:
+    """Whether a weight-stationary plan with heads spills: the full compile grid found the fp32 (TF32) resident
+    backward with heads of 128 (LSTM and sLSTM, KP = 128) spilling 16-24 B on sm_80 and sm_90; heads of 64 and
+    narrower, and half types, compile clean."""
+    return bool(head_dim) and dtype.itemsize == 4 and reduction_width(hidden_size, head_dim, RESIDENT_BLOCK_H) >= 128
 
 
 def layer_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
