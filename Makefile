@@ -31,7 +31,7 @@ COMPAT_K ?= not compile and not gradgradcheck and not test_long_sequence and not
 .PHONY: test bench install compile-report compat
 
 install:
-	@$(PYTHON) -c "import fused_rnn.kernels, torch, triton, numpy, pytest, pytest_benchmark, hypothesis, matplotlib, flashrnn, einops" 2>/dev/null \
+	@$(PYTHON) -c "import fused_rnn.kernels, torch, triton, numpy, pytest, pytest_benchmark, hypothesis, matplotlib" 2>/dev/null \
 		|| $(PYTHON) -m pip install -e ".[test]" $(PIP_ARGS)
 
 test: install
