@@ -53,6 +53,7 @@ with one-unit heads. ZONEOUT blends each unit's new h with its previous one
 (haste's zoneout). The device functions live in ``sequence_tiles``.
 """
 
+import functools
 import logging
 
 import torch
@@ -591,6 +592,7 @@ def _run_steps(kernel, plan: SequencePlan, batch: int, steps: int, phases: list[
             launch(kernel, grid, *head, placeholder, step, step + 1, *tail, PHASES=phase, **meta)
 
 
+@functools.cache  # asked at every launch of a layer with heads: a loop over its blocks, once per shape
 def reduction_span(hidden: int, head_dim: int, block_h: int) -> int:
     """The most reduction indices one block of ``block_h`` of ``hidden`` units sums over when its heads are
     ``head_dim`` wide: the columns of the heads the block touches (``_head_span``)."""
