@@ -97,6 +97,19 @@ def slstm_from_gates(pre: Tensor, c: Tensor, n: Tensor, m: Tensor, first_zero: b
     return torch.sigmoid(o) * c_new / n_new, c_new, n_new, m_new
 
 
+# Layer normalisation's epsilon, haste's (lib/layer_norm_forward_gpu.cu.cc) and F.layer_norm's default.
+LN_EPS = 1e-5
+
+
+def layer_norm_lstm_from_gates(pre: Tensor, c: Tensor, gain_c: Tensor, bias_c: Tensor) -> tuple[Tensor, Tensor]:
+    """haste's LayerNorm LSTM step from the pre-activations (N, 4H) (gates i, f, g, o, both normalised products
+    and the bias added): c = f c + i g, h = o tanh(LN(c) gain_c + bias_c). Returns (h, c)."""
+    i, f, g, o = pre.chunk(4, dim=-1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    c_norm = F.layer_norm(c_new, (c_new.shape[-1],), gain_c, bias_c, eps=LN_EPS)
+    return torch.sigmoid(o) * torch.tanh(c_norm), c_new
+
+
 def block_diagonal(w_hh: Tensor, hidden: int) -> Tensor:
     """The dense (G, H) W_hh of a block-diagonal one stored compact as (G, HD): row g * H + k * HD + d holds
     head k's block (FlashRNN's R[g, k, d, :]) at the columns of head k, zeros elsewhere."""
@@ -121,7 +134,7 @@ CELLS = (lstm_from_gates, gru_from_gates, rnn_from_gates)
 def sequence(
     mode: str, xp: Tensor, w_hh: Tensor, b_hn: Tensor | None, w_hr: Tensor | None, h0: Tensor, c0: Tensor | None,
     lengths: Tensor, reverse: bool, cells: tuple[Callable, Callable, Callable] = CELLS, with_states: bool = False,
-    keep: Tensor | None = None,
+    keep: Tensor | None = None, ln: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """One layer and direction over time, as ``fused_rnn::sequence`` computes it after its input projection
     (``sequence_ops.project``); mode is torch.nn's ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") or "SLSTM".
@@ -134,7 +147,10 @@ def sequence(
     and c_n (B, H) or (B, 3H) (None unless LSTM or sLSTM), and with ``with_states`` the owned states of every
     step (T, B, H or 3H), zero past each length. ``cells``: the step functions (lstm, gru, rnn). ``keep``:
     zoneout's keep-the-new-h factors (T, B, H) at each time position, or one factor (1,); h = h_prev + keep
-    (h_cell - h_prev) (haste's zoneout; LSTM without a projection, GRU, RNN).
+    (h_cell - h_prev) (haste's zoneout; LSTM without a projection, GRU, RNN). ``ln``: haste's layer
+    normalisation (LSTM and GRU without a projection): (G + 2H,) for the LSTM, the gain of the normalised
+    recurrent products (G), then c's gain and bias (``layer_norm_lstm_from_gates``); (G,) for the GRU, whose
+    b_hn is added after the normalisation.
     """
     lstm_step, gru_step, rnn_step = cells
     T = xp.shape[0]
@@ -158,9 +174,16 @@ def sequence(
     first_zero = mode == "SLSTM" and bool((c0.chunk(3, dim=-1)[1] == 0).all())
     for t in range(T):
         hg = F.linear(h, w_hh)
+        if ln is not None:
+            gates = hg.shape[-1]
+            hg = F.layer_norm(hg, (gates,), ln[:gates], eps=LN_EPS)
         if mode == "SLSTM":
             h_new, *c_new = slstm_from_gates(xp[t] + hg, *c.chunk(3, dim=-1), first_zero and t == 0)
             c = torch.where(valid[t], torch.cat(c_new, dim=-1), c)
+        elif mode == "LSTM" and ln is not None:
+            hidden = c.shape[-1]
+            h_new, c_new = layer_norm_lstm_from_gates(xp[t] + hg, c, *ln[4 * hidden :].chunk(2))
+            c = torch.where(valid[t], c_new, c)
         elif mode == "LSTM":
             h_new, c_new = lstm_step(xp[t], hg, None, None, c)
             if w_hr is not None:
@@ -240,6 +263,50 @@ def haste_gru(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_kernel: Tensor, b
     for t in range(x.shape[0]):
         xz, xr, xg = wx[t].chunk(3, 1)
         hz, hr, hg = (h[t] @ recurrent_kernel + recurrent_bias).chunk(3, 1)
+        z, r = torch.sigmoid(xz + hz), torch.sigmoid(xr + hr)
+        new = z * h[t] + (1 - z) * torch.tanh(xg + r * hg)
+        h.append(_haste_zoneout(new, h[t], zoneout, None if zoneout_mask is None else zoneout_mask[t], training))
+    return torch.stack(h)
+
+
+def haste_layer_norm_lstm(x: Tensor, h0: Tensor, c0: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor,
+                          gamma: Tensor, gamma_h: Tensor, beta_h: Tensor, zoneout: float = 0.0,
+                          zoneout_mask: Tensor | None = None, training: bool = False) -> tuple[Tensor, Tensor]:
+    """haste's LayerNorm LSTM over time, as its PyTorch fallback computes it (``frameworks/pytorch/
+    layer_norm_lstm.py``, ``LayerNormLSTMScript``), in haste's layout and gate order i, g, f, o: kernel (I, 4H),
+    recurrent_kernel (H, 4H), bias (4H,), gamma (2, 4H) (the input and recurrent products' gains), gamma_h and
+    beta_h (H,) (c's gain and bias). Each product is normalised over its 4H values (a gain, no bias; eps 1e-5):
+    v = LN(h W_r) gamma[1] + LN(x W) gamma[0] + bias; c = f c + i g; h = o tanh(LN(c) gamma_h + beta_h); zoneout
+    on h only. Returns every h and c (T + 1, B, H), the initial ones first."""
+    h, c = [h0], [c0]
+    gates = 4 * recurrent_kernel.shape[0]
+    wx = F.layer_norm(x @ kernel, (gates,), weight=gamma[0], eps=LN_EPS)
+    for t in range(x.shape[0]):
+        v = F.layer_norm(h[t] @ recurrent_kernel, (gates,), weight=gamma[1], eps=LN_EPS) + wx[t] + bias
+        i, g, f, o = v.chunk(4, 1)
+        c.append(torch.sigmoid(f) * c[t] + torch.sigmoid(i) * torch.tanh(g))
+        c_norm = F.layer_norm(c[-1], (gates // 4,), weight=gamma_h, bias=beta_h, eps=LN_EPS)
+        h.append(_haste_zoneout(torch.sigmoid(o) * torch.tanh(c_norm), h[t], zoneout,
+                                None if zoneout_mask is None else zoneout_mask[t], training))
+    return torch.stack(h), torch.stack(c)
+
+
+def haste_layer_norm_gru(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor,
+                         recurrent_bias: Tensor, gamma: Tensor, zoneout: float = 0.0,
+                         zoneout_mask: Tensor | None = None, training: bool = False) -> Tensor:
+    """haste's LayerNorm GRU over time, as its PyTorch fallback computes it (``frameworks/pytorch/
+    layer_norm_gru.py``, ``LayerNormGRUScript``), in haste's layout and gate order z, r, g: kernel (I, 3H),
+    recurrent_kernel (H, 3H), bias and recurrent_bias (3H,), gamma (2, 3H). Each product normalised over its 3H
+    values (a gain, no bias; eps 1e-5), the biases added after: Wx = LN(x W) gamma[0] + bias, Rh = LN(h W_r)
+    gamma[1] + recurrent_bias; h = z h_prev + (1 - z) tanh(Wx_g + r Rh_g). Returns every h (T + 1, B, H), h0
+    first."""
+    h = [h0]
+    gates = 3 * recurrent_kernel.shape[0]
+    wx = F.layer_norm(x @ kernel, (gates,), weight=gamma[0], eps=LN_EPS) + bias
+    for t in range(x.shape[0]):
+        xz, xr, xg = wx[t].chunk(3, 1)
+        hz, hr, hg = (F.layer_norm(h[t] @ recurrent_kernel, (gates,), weight=gamma[1], eps=LN_EPS)
+                      + recurrent_bias).chunk(3, 1)
         z, r = torch.sigmoid(xz + hz), torch.sigmoid(xr + hr)
         new = z * h[t] + (1 - z) * torch.tanh(xg + r * hg)
         h.append(_haste_zoneout(new, h[t], zoneout, None if zoneout_mask is None else zoneout_mask[t], training))

@@ -60,19 +60,49 @@ def sigmoid(x):
 # LSTM, gate order i, f, g, o
 # ----------------------------------------------------------------------------
 @triton.jit
+def lstm_state(pre_i, pre_f, pre_g, pre_o, c_prev):
+    """The new cell state and the activated gates of one LSTM step: (c, i, f, g, o)."""
+    i = sigmoid(pre_i)
+    f = sigmoid(pre_f)
+    g = tanh(pre_g)
+    o = sigmoid(pre_o)
+    c = f * c_prev + i * g
+    return c, i, f, g, o
+
+
+@triton.jit
 def lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev):
     """One LSTM step from gate pre-activations.
 
     Returns (h, c, i, f, g, o): the new hidden state o * tanh(c) (before any
     projection), the new cell state and the activated gates.
     """
-    i = sigmoid(pre_i)
-    f = sigmoid(pre_f)
-    g = tanh(pre_g)
-    o = sigmoid(pre_o)
-    c = f * c_prev + i * g
-    h = o * tanh(c)
-    return h, c, i, f, g, o
+    c, i, f, g, o = lstm_state(pre_i, pre_f, pre_g, pre_o, c_prev)
+    return o * tanh(c), c, i, f, g, o
+
+
+@triton.jit
+def lstm_output(pre_o, u):
+    """h = sigmoid(pre_o) * tanh(u): the LSTM's output from the pre-activation of o and u = c, or with layer
+    normalisation LN(c), computed after c's row statistics."""
+    return sigmoid(pre_o) * tanh(u)
+
+
+@triton.jit
+def lstm_output_backward(dh, o, tc):
+    """Gradients of h = o * tanh(u) from dh, with tc = tanh(u): of o's pre-activation and of u (u is c, or with
+    layer normalisation the normalised c)."""
+    return dh * tc * o * (1.0 - o), dh * o * (1.0 - tc * tc)
+
+
+@triton.jit
+def lstm_state_backward(dc_total, c_prev, i, f, g):
+    """Gradients of c = f * c_prev + i * g from dc_total, the whole gradient reaching c: of the pre-activations
+    of i, f and g, and of c_prev."""
+    d_i = dc_total * g * i * (1.0 - i)
+    d_f = dc_total * c_prev * f * (1.0 - f)
+    d_g = dc_total * i * (1.0 - g * g)
+    return d_i, d_f, d_g, dc_total * f
 
 
 @triton.jit
@@ -82,14 +112,25 @@ def lstm_backward(dh, dc, c_prev, c, i, f, g, o):
     dh, dc: gradients reaching h = o * tanh(c) and c. Returns the gradients of
     the four gate pre-activations and of c_prev.
     """
-    tc = tanh(c)
-    dc_total = dh * o * (1.0 - tc * tc) + dc
-    d_i = dc_total * g * i * (1.0 - i)
-    d_f = dc_total * c_prev * f * (1.0 - f)
-    d_g = dc_total * i * (1.0 - g * g)
-    d_o = dh * tc * o * (1.0 - o)
-    dc_prev = dc_total * f
+    d_o, d_c = lstm_output_backward(dh, o, tanh(c))
+    d_i, d_f, d_g, dc_prev = lstm_state_backward(d_c + dc, c_prev, i, f, g)
     return d_i, d_f, d_g, d_o, dc_prev
+
+
+# ----------------------------------------------------------------------------
+# Layer normalisation (haste's LayerNorm LSTM and GRU), given a row's statistics
+# ----------------------------------------------------------------------------
+@triton.jit
+def layer_norm(x, mean, rstd, gain, bias):
+    """(x - mean) * rstd * gain + bias, rstd = 1 / sqrt(var + eps) of x's row (the biased variance)."""
+    return (x - mean) * rstd * gain + bias
+
+
+@triton.jit
+def layer_norm_backward(dx_hat, x_hat, rstd, mean_dx_hat, mean_dx_hat_x_hat):
+    """Gradient of x from dx_hat, the gradient of the normalised x_hat = (x - mean) * rstd (the output's gradient
+    times the gain), and the row means of dx_hat and of dx_hat * x_hat."""
+    return rstd * (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat)
 
 
 # ----------------------------------------------------------------------------

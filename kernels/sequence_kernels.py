@@ -63,8 +63,14 @@ import triton.language as tl
 from .cell_math import (
     gru_backward,
     gru_forward,
+    layer_norm,
+    layer_norm_backward,
     lstm_backward,
     lstm_forward,
+    lstm_output,
+    lstm_output_backward,
+    lstm_state,
+    lstm_state_backward,
     rnn_backward,
     rnn_forward,
     slstm_backward,
@@ -74,6 +80,8 @@ from .launch import SequencePlan, interpreting, launch, new_output, tf32_product
 from .sequence_tiles import (
     BROKEN,
     _at,
+    _block_moments,
+    _gains,
     _gate_products,
     _gate_rows,
     _head_span,
@@ -81,10 +89,20 @@ from .sequence_tiles import (
     _load_gates,
     _matmul_block,
     _own_tile,
+    _previous_h,
     _program_columns,
     _program_rows,
+    _put_h,
     _put_own_tile,
+    _put_partials,
+    _put_stats,
+    _carried_dh,
+    _get_stats,
+    _normalised_c,
+    _normalised_products,
     _resident_tile,
+    _row_moments,
+    _row_sums,
     _slices_barrier,
     _step_rows,
     _store_gates,
@@ -107,8 +125,12 @@ CARRIED = {LSTM: 1, GRU: 0, RNN_TANH: 0, RNN_RELU: 0, SLSTM: 2}
 # Phases of a step (the PHASES bit mask). Forward: the cell on the program's hidden units, then, with a
 # projection, h = W_hr m on its projected units. Backward: with a projection the gradient of h, then the
 # gate gradients, then the carried gradient dh_{t-1} = d_gates W_hh on the program's units of h.
-FWD_CELL, FWD_PROJ = tl.constexpr(1), tl.constexpr(2)
+# With layer normalisation (LN) forward: first the raw products and their partial row statistics, then the
+# cell, then (LSTM) h from the normalised c; backward: first (LSTM) the gradient of the normalised c and its
+# partial sums, then the gate gradients, then the gradient of the raw products, then the carry.
+FWD_CELL, FWD_PROJ, FWD_NORM, FWD_OUT = tl.constexpr(1), tl.constexpr(2), tl.constexpr(4), tl.constexpr(8)
 BWD_PROJ, BWD_GATES, BWD_CARRY = tl.constexpr(1), tl.constexpr(2), tl.constexpr(4)
+BWD_NORM_C, BWD_NORM_Q = tl.constexpr(8), tl.constexpr(16)
 
 
 @triton.jit(do_not_specialize=["T", "B", "S_BEGIN", "S_END"])
@@ -127,13 +149,17 @@ def sequence_fwd_kernel(
     # the cell's h before zoneout; when SAVE)
     cs,  # out (D, T, B, SC * H) the owned states of every step, compute dtype (LSTM, sLSTM; when SAVE)
     ms,  # out (D, T, B, H) o * tanh(c) before the projection (HAS_PROJ); zero past lengths
+    ln,  # (D, G + 2H) layer normalisation (LN): the gains of the recurrent products, then (LSTM) c's gain and bias
+    ns,  # out (D, T, B, 4H + 4) (LN; (D, 1, B, .) unless SAVE) each step's raw recurrent products, gate blocks
+    # side by side, then the rows' mean and rstd of those products and (LSTM) of c
+    part,  # scratch (D, B, 2, NB, 2) compute dtype (LN): each block of units' partial statistics, two sets
     sync,  # (batch tiles x SLICES / GROUP,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the steps this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     HD, GROUP,  # units per head (R without heads); programs of a batch tile that meet at a barrier
     CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_BHN: tl.constexpr, HAS_PROJ: tl.constexpr,
-    HEADS: tl.constexpr, ZONEOUT: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
+    HEADS: tl.constexpr, ZONEOUT: tl.constexpr, LN: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, GATES_P2: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -145,6 +171,13 @@ def sequence_fwd_kernel(
     m); a barrier ends the step (the next reads all of h, or with HEADS the h of
     the units' heads: only the GROUP programs that share a head meet, and a
     program that owns whole heads meets none).
+
+    LN (haste's LayerNorm LSTM and GRU): first FWD_NORM, the raw recurrent
+    products of the program's units (saved in ns) and each block's partial
+    row statistics, and a barrier; FWD_CELL normalises them with the row's
+    mean and rstd combined from every block's partials; the LSTM then meets
+    again (c's partials) and FWD_OUT computes h = o * tanh(LN(c)). Three
+    barriers a step for the LSTM, two for the GRU (one without LN).
 
     KP > 0 (weight-stationary): the program owns one block of BLOCK_H units
     (SLICE_H = BLOCK_H) and loads its rows of W_hh, every gate, over the whole
@@ -173,6 +206,14 @@ def sequence_fwd_kernel(
     ws += d * T * B * WSW * H
     cs += d * T * B * SC * H
     ms += d * T * B * H
+    # Layer normalisation: per row NW saved values, NB blocks of partials; barriers a step.
+    NW = 4 * H + 4
+    NB = tl.cdiv(H, BLOCK_H)
+    LN_OUT: tl.constexpr = LN and CELL == 0  # h = o * tanh(LN(c)) after c's statistics: a phase of its own
+    MEETS: tl.constexpr = 1 + HAS_PROJ + LN + LN_OUT
+    ln += d * (G + 2 * H * LN_OUT)
+    ns += d * (T if SAVE else 1) * B * NW
+    part += d * B * 4 * NB
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
     w_rows, w_real, w_head = _gate_rows(h_lo, H, HD, CELL, GATES_P2, BLOCK_H)
     k_lo, k_hi = _head_span(h_lo, H, HD, R, HEADS, BLOCK_H)
@@ -188,7 +229,21 @@ def sequence_fwd_kernel(
         h_nxt = hbuf + ((s + 1) % 2) * B * R
         t, active = _step_rows(s, lens, rev)
         tb = t * B + rows  # the rows' index in (T, B, width) sequences
-        arrived = (s - S_BEGIN) * (1 + HAS_PROJ) * GROUP  # arrivals at this program's counter before this step
+        tn = tb if SAVE else rows  # the rows' index in ns (one step's worth unless saved)
+        arrived = (s - S_BEGIN) * MEETS * GROUP  # arrivals at this program's counter before this step
+        if LN:  # the raw products and their partial statistics, then the row's mean and rstd from every block's
+            for j in range(h_lo, h_hi if (FWD_NORM & PHASES) else h_lo, BLOCK_H):
+                cols = tl.arange(0, BLOCK_H).to(tl.int64)
+                cmask = ((j + cols) < H)[None, :]
+                q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD, CELL, GATES_P2, KP,
+                                                HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+                _store_gates(ns, tn, NW, H, j, cols, rmask[:, None] & cmask, q0, q1, q2, q3)
+                q_sum, q_m2 = _block_moments(q0, q1, q2, q3, cmask, G)
+                _put_partials(part, rows, rmask, NB, 0, j // BLOCK_H, q_sum, q_m2)
+            _slices_barrier(sync_tile, arrived + GROUP, BARRIER, SPIN_LIMIT)
+            mean_q, rstd_q = _row_moments(part, rows, rmask, NB, 0, G, H, BLOCK_H, ACC)
+            if SAVE and (FWD_CELL & PHASES):  # for backward, by one program of the tile
+                _put_stats(ns, tn, NW, 4 * H, rmask & ((zero_b + tl.program_id(1)) == 0), mean_q, rstd_q)
         for j in range(h_lo, h_hi if (FWD_CELL & PHASES) else h_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < H)[None, :]
@@ -205,20 +260,31 @@ def sequence_fwd_kernel(
                         m_prev = tl.load(_at(cbuf, rows, SC * H, 2 * H + j, cols), mask=m, other=0.0).to(ACC)
             if CELL == 1:
                 h_prev = c_prev
-            elif ZONEOUT:  # the previous h of every row: zoneout blends it in
-                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0).to(ACC)
-            elif not HAS_PROJ:  # what an inactive row keeps (h has H columns)
-                h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m & ~active[:, None], other=0.0).to(ACC)
-            q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD, CELL, GATES_P2, KP, HEADS,
-                                            ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            else:
+                h_prev = _previous_h(h_cur, rows, R, j, cols, m, active, ZONEOUT, HAS_PROJ, ACC)
+            if LN:  # the products FWD_NORM saved, normalised over the row
+                q0, q1, q2, q3 = _load_gates(ns, tn, NW, H, j, cols, m, G, ACC, BLOCK_B, BLOCK_H)
+                g0, g1, g2, g3 = _gains(ln, H, j, cols, G, ACC)
+                mq, rq = mean_q[:, None], rstd_q[:, None]
+                q0, q1 = layer_norm(q0, mq, rq, g0, 0.0), layer_norm(q1, mq, rq, g1, 0.0)
+                q2, q3 = layer_norm(q2, mq, rq, g2, 0.0), layer_norm(q3, mq, rq, g3, 0.0)
+            else:
+                q0, q1, q2, q3 = _gate_products(h_cur, rows, rmask, w, w_gates, j, H, R, HD, CELL, GATES_P2, KP,
+                                                HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if CELL == 0:
                 x_i, x_f, x_g, x_o = _load_gates(xp, tb, XW, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 pre_i, pre_f, pre_g, pre_o = q0 + x_i, q1 + x_f, q2 + x_g, q3 + x_o
-                h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
+                if LN_OUT:  # h comes after c's statistics (FWD_OUT)
+                    c, i, f, g, o = lstm_state(pre_i, pre_f, pre_g, pre_o, c_prev)
+                else:
+                    h, c, i, f, g, o = lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev)
                 c_next = tl.where(active[:, None], c, c_prev)
                 if SAVE:
                     tl.store(_at(cs, tb, H, j, cols), c, mask=am)
                     _store_gates(ws, tb, 4 * H, H, j, cols, am, i, f, g, o)
+                if LN_OUT:
+                    c_sum, c_m2 = _block_moments(c_next, c_next, c_next, c_next, ((j + cols) < H)[None, :], 1)
+                    _put_partials(part, rows, rmask, NB, 1, j // BLOCK_H, c_sum, c_m2)
             elif CELL == 4:
                 x_i, x_f, x_z, x_o = _load_gates(xp, tb, XW, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 pre_i, pre_f, pre_z, pre_o = q0 + x_i, q1 + x_f, q2 + x_z, q3 + x_o
@@ -250,7 +316,7 @@ def sequence_fwd_kernel(
                 h = rnn_forward(pre, CELL == 3)
                 if SAVE and ZONEOUT:  # backward differentiates the activation at its own output
                     tl.store(_at(ws, tb, H, j, cols), h, mask=am)
-            if ZONEOUT:  # h = h_prev + k (h - h_prev): k = 1 keeps the new h, 0 the previous one
+            if ZONEOUT and not LN_OUT:  # h = h_prev + k (h - h_prev): k = 1 keeps the new h, 0 the previous one
                 h = h_prev + _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC) * (h - h_prev)
             if CELL == 1:
                 c_next = tl.where(active[:, None], h, h_prev)
@@ -261,9 +327,28 @@ def sequence_fwd_kernel(
                     tl.store(_at(cbuf, rows, SC * H, j, cols), c_next, mask=m)
             if HAS_PROJ:  # h = W_hr m comes after every column of m is written
                 tl.store(_at(ms, tb, H, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
-            else:
-                tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
-                tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+            elif not LN_OUT:
+                _put_h(h_nxt, y, rows, tb, R, YW, j, cols, m, active, h, h_prev)
+        if LN_OUT:  # h = o * tanh(LN(c)), once every block's partials of c are in
+            _slices_barrier(sync_tile, arrived + 2 * GROUP, BARRIER, SPIN_LIMIT)
+            mean_c, rstd_c = _row_moments(part, rows, rmask, NB, 1, 1, H, BLOCK_H, ACC)
+            if SAVE and (FWD_OUT & PHASES):
+                _put_stats(ns, tn, NW, 4 * H + 2, rmask & ((zero_b + tl.program_id(1)) == 0), mean_c, rstd_c)
+            for j in range(h_lo, h_hi if (FWD_OUT & PHASES) else h_lo, BLOCK_H):
+                cols = tl.arange(0, BLOCK_H).to(tl.int64)
+                m = rmask[:, None] & ((j + cols) < H)[None, :]
+                am = m & active[:, None]
+                c = own if KP > 0 else tl.load(_at(cbuf, rows, SC * H, j, cols), mask=m, other=0.0).to(ACC)
+                # o again, as FWD_CELL computed it, from the saved product (no buffer for o between the phases)
+                q_o = tl.load(_at(ns, tn, NW, 3 * H + j, cols), mask=m, other=0.0).to(ACC)
+                g_o, gain_c, bias_c, _ = _gains(ln + 3 * H, H, j, cols, 3, ACC)
+                pre_o = layer_norm(q_o, mean_q[:, None], rstd_q[:, None], g_o, 0.0)
+                pre_o += tl.load(_at(xp, tb, XW, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                h = lstm_output(pre_o, layer_norm(c, mean_c[:, None], rstd_c[:, None], gain_c, bias_c))
+                h_prev = _previous_h(h_cur, rows, R, j, cols, m, active, ZONEOUT, HAS_PROJ, ACC)
+                if ZONEOUT:
+                    h = h_prev + _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC) * (h - h_prev)
+                _put_h(h_nxt, y, rows, tb, R, YW, j, cols, m, active, h, h_prev)
         if HAS_PROJ:
             _slices_barrier(sync_tile, arrived + GROUP, BARRIER, SPIN_LIMIT)
             for j in range(r_lo, r_hi if (FWD_PROJ & PHASES) else r_lo, BLOCK_H):
@@ -272,9 +357,8 @@ def sequence_fwd_kernel(
                 h = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), ms, tb, H, 0, rmask, 0, H, w_hr, H, 1, j + cols,
                                   (j + cols) < R, 0, H, 0, 0, False, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
                 h_prev = tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0)
-                tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
-                tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
-        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * GROUP, BARRIER, SPIN_LIMIT)
+                _put_h(h_nxt, y, rows, tb, R, YW, j, cols, m, active, h, h_prev)
+        _slices_barrier(sync_tile, arrived + MEETS * GROUP, BARRIER, SPIN_LIMIT)
     _put_own_tile(cbuf, rows, rmask, SC * H, 0, h_lo, H, own, KP > 0 and OWN, BLOCK_H)
     _put_own_tile(cbuf, rows, rmask, SC * H, H, h_lo, H, own_n, KP > 0 and CELL == 4, BLOCK_H)
     _put_own_tile(cbuf, rows, rmask, SC * H, 2 * H, h_lo, H, own_m, KP > 0 and CELL == 4, BLOCK_H)
@@ -297,13 +381,18 @@ def sequence_bwd_kernel(
     dhs,  # out (D, T, B, R) gradient of each step's h (HAS_PROJ), zero past lengths
     dhbuf,  # state (D, B, R) dh carry (compute dtype), updated in place: each column has one owner
     dcbuf,  # state (D, B, SD * H) carries of the owned states (compute dtype): LSTM dc; sLSTM dc | dn
+    ln,  # (D, G + 2H) layer normalisation's gains (and c's bias), as the forward's (read when LN)
+    ns,  # (D, T, B, 4H + 4) the forward's raw recurrent products and row statistics (read when LN)
+    dnorm,  # out (D, T, B, 4H (+ H)) (LN): the gradients of the raw products (gate blocks side by side; what the
+    # carry and dW_hh read), then (LSTM) e, the gradient of LN(c) (for its gain and bias); zero past lengths
+    part,  # scratch (D, B, 2, NB, 2) compute dtype (LN): each block of units' partial sums, two sets
     sync,  # (batch tiles x SLICES / GROUP,) int32 arrival counters, zero at launch (read when BARRIER)
     S_BEGIN, S_END,  # the reverse steps r (time step T - 1 - r) this launch advances
     T, B, H, R,  # R: width of h, the projection size with HAS_PROJ, else H
     SLICE_H, SLICE_R, SLICES,  # hidden units (of H and of R) per program, and programs per batch tile
     HD, GROUP,  # units per head (R without heads); programs of a batch tile that meet at a barrier
     CELL: tl.constexpr, REVERSE: tl.constexpr, DIRS: tl.constexpr, HAS_PROJ: tl.constexpr, HEADS: tl.constexpr,
-    ZONEOUT: tl.constexpr, STATE_GRADS: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr,
+    ZONEOUT: tl.constexpr, LN: tl.constexpr, STATE_GRADS: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr,
     PHASES: tl.constexpr, BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -315,6 +404,13 @@ def sequence_bwd_kernel(
     columns of H; a barrier (the carry needs every gate gradient of the rows'
     heads); BWD_CARRY on its columns of R. The next step reads only the
     program's own columns of the carry, so no barrier ends the step.
+
+    LN: the LSTM first runs BWD_NORM_C, the gradient e of LN(c) and its
+    partial sums, and meets; BWD_GATES adds LN(c)'s gradient to dc, writes
+    the gate gradients (the gradient of xp) and the partial sums of the
+    normalised products' gradients; after its barrier BWD_NORM_Q writes the
+    raw products' gradients (dnorm) and meets again; BWD_CARRY reads those.
+    Three barriers a step for the LSTM, two for the GRU (one without LN).
 
     KP > 0 (weight-stationary): the program owns one block of BLOCK_H units of
     R and loads those columns of W_hh, every gate block, the reduction span (H,
@@ -346,6 +442,16 @@ def sequence_bwd_kernel(
     dhs += d * T * B * R
     dhbuf += d * B * R
     dcbuf += d * B * SD * H
+    # Layer normalisation: the saved values' and dnorm's widths, NB blocks of partials; barriers a step.
+    NW = 4 * H + 4
+    NB = tl.cdiv(H, BLOCK_H)
+    LN_C: tl.constexpr = LN and CELL == 0  # LN(c) inside the LSTM's output: its gradient has a phase of its own
+    MEETS: tl.constexpr = 1 + HAS_PROJ + LN + LN_C
+    DW = 4 * H + H * LN_C
+    ln += d * (G + 2 * H * LN_C)
+    ns += d * T * B * NW
+    dnorm += d * T * B * DW
+    part += d * B * 4 * NB
     # The program's resident columns of W_hh (its units of h), gate block by gate block, over their heads.
     units0 = r_lo + tl.arange(0, BLOCK_H).to(tl.int64)
     k_lo, k_hi = _head_span(r_lo, R, HD, H, HEADS, BLOCK_H)
@@ -369,7 +475,27 @@ def sequence_bwd_kernel(
         tp = tl.where(rev, t + 1, t - 1)
         tb, tpb = t * B + rows, tp * B + rows  # the rows' index in (T, B, width) sequences at t and tp
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
-        arrived = (r_step - S_BEGIN) * (1 + HAS_PROJ) * GROUP  # arrivals at this program's counter before this step
+        arrived = (r_step - S_BEGIN) * MEETS * GROUP  # arrivals at this program's counter before this step
+        if LN:  # the rows' statistics of the step's raw products and (LSTM) of c, saved by the forward
+            mean_q, rstd_q = _get_stats(ns, tb, NW, 4 * H, rmask, ACC)
+            mean_c, rstd_c = _get_stats(ns, tb, NW, 4 * H + 2, rmask, ACC)
+        if LN_C:  # Phase N_C: e, the gradient of LN(c), and its partial sums
+            for j in range(h_lo, h_hi if (BWD_NORM_C & PHASES) else h_lo, BLOCK_H):
+                cols = tl.arange(0, BLOCK_H).to(tl.int64)
+                m = rmask[:, None] & ((j + cols) < H)[None, :]
+                am = m & active[:, None]
+                _, dh = _carried_dh(dhbuf, own_dh, dy, rows, tb, R, YW, j, cols, m, am, KP, ACC)
+                if ZONEOUT:  # the cell gets k dh
+                    dh *= _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC)
+                c_hat, tc, gain_c = _normalised_c(cs, tb, j, cols, am, ln + 4 * H, H, mean_c, rstd_c, ACC)
+                o = tl.load(_at(ws, tb, 4 * H, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
+                _, e = lstm_output_backward(dh, o, tc)
+                e = tl.where(active[:, None], e, 0.0)
+                tl.store(_at(dnorm, tb, DW, 4 * H + j, cols), e, mask=m)
+                _put_partials(part, rows, rmask, NB, 1, j // BLOCK_H, tl.sum(gain_c * e, 1),
+                              tl.sum(gain_c * e * c_hat, 1))
+            _slices_barrier(sync_tile, arrived + GROUP, BARRIER, SPIN_LIMIT)
+            e_sum, e_c_sum = _row_sums(part, rows, rmask, NB, 1, ACC)
         if HAS_PROJ:
             # Phase P: the gradient of this step's h (R columns); the carry of an inactive row passes through.
             for j in range(r_lo, r_hi if (BWD_PROJ & PHASES) else r_lo, BLOCK_H):
@@ -390,11 +516,7 @@ def sequence_bwd_kernel(
                 dh = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), dhs, tb, R, 0, rmask, 0, R, w_hr, 1, H, j + cols,
                                    (j + cols) < H, 0, R, 0, 0, False, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             else:
-                if KP > 0:
-                    carry = own_dh
-                else:
-                    carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
-                dh = carry + tl.load(_at(dy, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
+                carry, dh = _carried_dh(dhbuf, own_dh, dy, rows, tb, R, YW, j, cols, m, am, KP, ACC)
             if ZONEOUT:  # h = h_prev + k (h_cell - h_prev): the cell gets k dh, h_prev (1 - k) dh directly
                 k = _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC)
                 zoned = (1.0 - k) * dh
@@ -418,7 +540,14 @@ def sequence_bwd_kernel(
                 c_prev += tl.load(_at(c0, rows, SC * H, j, cols), mask=am & first, other=0.0)
             if CELL == 0:
                 i, f, g, o = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
-                d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
+                if LN_C:  # h = o * tanh(LN(c)): c's gradient through the normalisation of its row
+                    c_hat, tc, gain_c = _normalised_c(cs, tb, j, cols, am, ln + 4 * H, H, mean_c, rstd_c, ACC)
+                    d_o, e = lstm_output_backward(dh, o, tc)
+                    dc_ln = layer_norm_backward(gain_c * e, c_hat, rstd_c[:, None], (e_sum / H)[:, None],
+                                                (e_c_sum / H)[:, None])
+                    d_i, d_f, d_g, dc_prev = lstm_state_backward(dc + dc_ln, c_prev.to(ACC), i, f, g)
+                else:
+                    d_i, d_f, d_g, d_o, dc_prev = lstm_backward(dh, dc, c_prev.to(ACC), c, i, f, g, o)
                 dc_next = tl.where(a, dc_prev, dc)
                 _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_i, 0.0), tl.where(a, d_f, 0.0),
                              tl.where(a, d_g, 0.0), tl.where(a, d_o, 0.0))
@@ -449,6 +578,7 @@ def sequence_bwd_kernel(
                 d_r, d_z, d_xn, d_hn, direct = gru_backward(dh, h_prev.to(ACC), r, z, n, h_n)
                 _store_gates(dg, tb, GS, H, j, cols, m, tl.where(a, d_r, 0.0), tl.where(a, d_z, 0.0),
                              tl.where(a, d_xn, 0.0), tl.where(a, d_hn, 0.0))
+                d_i, d_f, d_g, d_o = d_r, d_z, d_hn, d_hn  # the hidden side's gradients, for LN (the fourth unused)
             else:
                 if ZONEOUT:  # the activation's own output, saved by the forward (y is the zoned h)
                     h = tl.load(_at(ws, tb, H, j, cols), mask=am, other=0.0).to(ACC)
@@ -458,6 +588,14 @@ def sequence_bwd_kernel(
                 tl.store(_at(dg, tb, GS, j, cols), tl.where(a, d_pre, 0.0), mask=m)
             if ZONEOUT:
                 direct += zoned
+            if LN:  # partial sums of the normalised products' gradients (gains times the hidden side's)
+                x0, x1, x2, x3 = _normalised_products(ns, tb, NW, H, j, cols, m, mean_q, rstd_q, G, ACC,
+                                                      BLOCK_B, BLOCK_H)
+                g0, g1, g2, g3 = _gains(ln, H, j, cols, G, ACC)
+                v0, v1, v2, v3 = g0 * tl.where(a, d_i, 0.0), g1 * tl.where(a, d_f, 0.0), \
+                    g2 * tl.where(a, d_g, 0.0), g3 * tl.where(a, d_o, 0.0)
+                _put_partials(part, rows, rmask, NB, 0, j // BLOCK_H, tl.sum(v0 + v1 + v2 + v3, 1),
+                              tl.sum(v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3, 1))
             if CARRIES:
                 if KP > 0:
                     own_dc = dc_next
@@ -469,9 +607,34 @@ def sequence_bwd_kernel(
                     own_dh = nxt
                 else:
                     tl.store(_at(dhbuf, rows, R, j, cols), nxt, mask=m)
-        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ) * GROUP, BARRIER, SPIN_LIMIT)
+        _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ + LN_C) * GROUP, BARRIER, SPIN_LIMIT)
+        if LN:  # Phase N_Q: the raw products' gradients through the normalisation of their row
+            v_sum, v_x_sum = _row_sums(part, rows, rmask, NB, 0, ACC)
+            mean_v, mean_v_x = (v_sum / (G * H))[:, None], (v_x_sum / (G * H))[:, None]
+            for j in range(h_lo, h_hi if (BWD_NORM_Q & PHASES) else h_lo, BLOCK_H):
+                cols = tl.arange(0, BLOCK_H).to(tl.int64)
+                m = rmask[:, None] & ((j + cols) < H)[None, :]
+                a = active[:, None]
+                d0, d1, d2, d3 = _load_gates(dg, tb, GS, H, j, cols, m, 4, ACC, BLOCK_B, BLOCK_H)
+                if CELL == 1:  # r, z, then the hidden side's n (dg's fourth block)
+                    d2 = d3
+                x0, x1, x2, x3 = _normalised_products(ns, tb, NW, H, j, cols, m, mean_q, rstd_q, G, ACC,
+                                                      BLOCK_B, BLOCK_H)
+                g0, g1, g2, g3 = _gains(ln, H, j, cols, G, ACC)
+                r = rstd_q[:, None]
+                q0 = layer_norm_backward(g0 * d0, x0, r, mean_v, mean_v_x)
+                q1 = layer_norm_backward(g1 * d1, x1, r, mean_v, mean_v_x)
+                q2 = layer_norm_backward(g2 * d2, x2, r, mean_v, mean_v_x)
+                q3 = layer_norm_backward(g3 * d3, x3, r, mean_v, mean_v_x) if G == 4 else tl.zeros_like(q2)
+                _store_gates(dnorm, tb, DW, H, j, cols, m, tl.where(a, q0, 0.0), tl.where(a, q1, 0.0),
+                             tl.where(a, q2, 0.0), tl.where(a, q3, 0.0))
+            _slices_barrier(sync_tile, arrived + MEETS * GROUP, BARRIER, SPIN_LIMIT)
         # Phase B: the recurrent part of the carry, d_gates_h @ W_hh, column block by column block, gate block by
-        # gate block (GRU: r and z, then the hidden-side n, dg's fourth block), each over the units' heads.
+        # gate block (GRU: r and z, then the hidden-side n, dg's fourth block), each over the units' heads. With
+        # LN the raw products' gradients (dnorm; the GRU's n is its third block).
+        src = dnorm if LN else dg
+        SW = DW if LN else GS
+        N_AT: tl.constexpr = 2 if (LN or CELL != 1) else 3  # the gate block that multiplies W_hh's third block
         for j in range(r_lo, r_hi if (BWD_CARRY & PHASES) else r_lo, BLOCK_H):
             cols = tl.arange(0, BLOCK_H).to(tl.int64)
             m = rmask[:, None] & ((j + cols) < R)[None, :]
@@ -479,16 +642,16 @@ def sequence_bwd_kernel(
             units = j + cols
             real, head = units < R, (units // HD) * HD
             k_lo, k_hi = _head_span(j, R, HD, H, HEADS, BLOCK_H)
-            acc = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), dg, tb, GS, 0, rmask, k_lo, k_hi, w, 1, HD, units,
-                                real, head, HD, wb_0, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+            acc = _matmul_block(tl.zeros((BLOCK_B, BLOCK_H), ACC), src, tb, SW, 0, rmask, k_lo, k_hi, w, 1, HD,
+                                units, real, head, HD, wb_0, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H,
+                                BLOCK_K)
             if G > 1:
-                acc = _matmul_block(acc, dg, tb, GS, H, rmask, k_lo, k_hi, w + HB, 1, HD, units, real, head, HD,
+                acc = _matmul_block(acc, src, tb, SW, H, rmask, k_lo, k_hi, w + HB, 1, HD, units, real, head, HD,
                                     wb_1, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
-                acc = _matmul_block(acc, dg, tb, GS, (3 if CELL == 1 else 2) * H, rmask, k_lo, k_hi, w + 2 * HB, 1,
-                                    HD, units, real, head, HD, wb_2, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B,
-                                    BLOCK_H, BLOCK_K)
+                acc = _matmul_block(acc, src, tb, SW, N_AT * H, rmask, k_lo, k_hi, w + 2 * HB, 1, HD, units, real,
+                                    head, HD, wb_2, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if G == 4:
-                acc = _matmul_block(acc, dg, tb, GS, 3 * H, rmask, k_lo, k_hi, w + 3 * HB, 1, HD, units, real, head,
+                acc = _matmul_block(acc, src, tb, SW, 3 * H, rmask, k_lo, k_hi, w + 3 * HB, 1, HD, units, real, head,
                                     HD, wb_3, KP, HEADS, ACC, DOT_FP32, DOT_PREC, BLOCK_B, BLOCK_H, BLOCK_K)
             if KP > 0 and not HAS_PROJ:
                 own_dh += tl.where(active[:, None], acc, 0.0)
@@ -662,6 +825,26 @@ def _zoneout(keep: torch.Tensor | None, cell: int, w_hr: torch.Tensor | None) ->
     return 2 if keep.numel() == 1 else 1
 
 
+def _check_ln(ln: torch.Tensor | None, cell: int, w_hr: torch.Tensor | None, heads: bool) -> bool:
+    """Whether the layer normalises its recurrent products (haste's LayerNorm LSTM and GRU): ``ln`` given, for
+    an LSTM or GRU without a projection or heads."""
+    if ln is None:
+        return False
+    if cell not in (LSTM, GRU) or w_hr is not None or heads:
+        raise ValueError("layer normalisation is for the LSTM and GRU cells without a projection or heads")
+    return True
+
+
+def _norm_buffers(ln: bool, like: torch.Tensor, dirs: int, steps: int, batch: int, hidden: int,
+                  block_h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """With layer normalisation, the saved products and statistics (D, steps, B, 4H + 4) and the partials'
+    scratch (D, B, 2, NB, 2) in ``like``'s dtype; else empty tensors."""
+    if not ln:
+        return like.new_empty(0), like.new_empty(0)
+    blocks = triton.cdiv(hidden, block_h)
+    return new_output(like, (dirs, steps, batch, 4 * hidden + 4)), like.new_zeros(dirs, batch, 2, blocks, 2)
+
+
 def _keep_part(keep: torch.Tensor | None, d: slice, hidden: int, like: torch.Tensor) -> torch.Tensor:
     """Directions ``d`` of the zoneout keep factors (one factor: the same for every direction)."""
     if keep is None:
@@ -670,7 +853,7 @@ def _keep_part(keep: torch.Tensor | None, d: slice, hidden: int, like: torch.Ten
 
 
 def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: bool, save: bool, plan: SequencePlan,
-                     keep: torch.Tensor | None = None):
+                     keep: torch.Tensor | None = None, ln: torch.Tensor | None = None):
     """One layer over the whole sequence in D directions (1, or 2: a bidirectional layer, direction 1 in
     reverse), covered as ``plan`` says (both directions in one launch when ``plan.directions`` is 2).
 
@@ -681,10 +864,14 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     and owned states of every step (D, T, B, S*H) when ``save`` (what backward reads), and the pre-projection
     outputs m (D, T, B, H); unused ones are empty. ``keep``: zoneout's keep-the-new-h factors, (T, B, D*H)
     training masks or a (1,) eval factor 1 - p (None: no zoneout): h = h_prev + keep (h_cell - h_prev).
+    ``ln`` (D, G + 2H) (GRU: (D, G)): haste's layer normalisation, the gains of the recurrent products and (LSTM)
+    c's gain and bias; then also returned: each step's raw products and row statistics (D, T, B, 4H + 4) when
+    ``save`` (what backward reads; else empty).
     """
-    xp, w_hh, b_hn, w_hr, keep = _contiguous(xp, w_hh, b_hn, w_hr, keep)
+    xp, w_hh, b_hn, w_hr, keep, ln = _contiguous(xp, w_hh, b_hn, w_hr, keep, ln)
     zoneout = _zoneout(keep, cell, w_hr)
     D, G, H, R, HD = layer_sizes(w_hh, w_hr, cell)
+    norm = _check_ln(ln, cell, w_hr, HD < R)
     T, B, _ = xp.shape
     acc = _compute_dtype(xp.dtype)
     y = new_output(xp, (T, B, D * R))
@@ -701,26 +888,32 @@ def sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell: int, reverse: 
     ws = new_output(state, (D, T, B, saved * H) if save else (0,))
     cs = new_output(state, (D, T, B, owned * H) if save and cell != GRU else (0,))
     ms = new_output(xp, (D, T, B, H) if w_hr is not None else (0,))
+    ns, part = _norm_buffers(norm, state, D, T if save else 1, B, H, plan.blocks.block_h)
     phases = [FWD_CELL.value, FWD_PROJ.value] if w_hr is not None else [FWD_CELL.value]
+    if norm:
+        phases = [FWD_NORM.value, FWD_CELL.value] + ([FWD_OUT.value] if cell == LSTM else [])
     span = reduction_span(H, HD, plan.blocks.block_h) if HD < R else R
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, xp.dtype, plan)
         meta.update(DIRS=D, HAS_BHN=b_hn is not None, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout,
-                    SAVE=save, KP=_resident_width(plan, H, span), GATES_P2=triton.next_power_of_2(GATES[cell]))
+                    LN=norm, SAVE=save, KP=_resident_width(plan, H, span),
+                    GATES_P2=triton.next_power_of_2(GATES[cell]))
         head = (
             _part(xp, d, G), _part(w_hh, d), _or_dummy(_part(b_hn, d), xp), _or_dummy(_part(w_hr, d), xp), lengths,
             zero_n, _keep_part(keep, d, H, xp), _part(y, d, R), _part(hbuf, d), _or_dummy(_part(cbuf, d), xp), _or_dummy(_part(ws, d), xp),
-            _or_dummy(_part(cs, d), xp), _or_dummy(_part(ms, d), xp),
+            _or_dummy(_part(cs, d), xp), _or_dummy(_part(ms, d), xp), _or_dummy(_part(ln, d), xp),
+            _or_dummy(_part(ns, d), xp), _or_dummy(_part(part, d), xp),
         )
         tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices, HD, plan.meeting)
         _run_steps(sequence_fwd_kernel, plan, B, T, phases, head, tail, meta, xp.device)
     h_n = hbuf[:, T % 2].clone()
     c_n = cbuf.to(xp.dtype) if cell in (LSTM, SLSTM) else xp.new_empty(0)
-    return y, h_n, c_n, ws, cs, ms
+    return y, h_n, c_n, ws, cs, ms, (ns if save else state)
 
 
 def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell: int, reverse: bool,
-                      plan: SequencePlan, dcs: torch.Tensor | None = None, keep: torch.Tensor | None = None):
+                      plan: SequencePlan, dcs: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                      ln: torch.Tensor | None = None, ns: torch.Tensor | None = None):
     """Reverse-time pass of one layer in D directions, covered as ``plan`` says (as ``sequence_forward``).
 
     Gradients dy (T, B, D*R), dh_n (D, B, R) and dc_n (D, B, C*H), the carried owned states' (LSTM c; sLSTM
@@ -728,11 +921,15 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     every step (None: zero), and the forward's tensors. Returns the gate gradients (D, T, B, GS) with GS = 4H
     (GRU: r, z, input-side n, hidden-side n) or H, zero past each length; dh0 (D, B, R) and dc0 (D, B, C*H)
     (empty for GRU and RNN) in the compute dtype; and with a projection the gradient of each step's h,
-    (D, T, B, R), zero past each length (else empty). ``keep``: the forward's zoneout factors.
+    (D, T, B, R), zero past each length (else empty). ``keep``: the forward's zoneout factors. ``ln`` and
+    ``ns``: the layer normalisation's parameters and the forward's saved products and statistics; then also
+    returned: the raw products' gradients and (LSTM) those of LN(c), (D, T, B, 4H (+ H)) (else empty).
     """
-    dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs, keep = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs, keep)
+    dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs, keep, ln, ns = _contiguous(dy, w_hh, w_hr, h0, c0, y, ws, cs, dcs,
+                                                                       keep, ln, ns)
     zoneout = _zoneout(keep, cell, w_hr)
     D, G, H, R, HD = layer_sizes(w_hh, w_hr, cell)
+    norm = _check_ln(ln, cell, w_hr, HD < R)
     T, B, _ = y.shape
     gs = (4 if G > H else 1) * H
     acc = _compute_dtype(y.dtype)
@@ -744,17 +941,22 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     phases = [BWD_GATES.value, BWD_CARRY.value]
     if w_hr is not None:
         phases.insert(0, BWD_PROJ.value)
+    if norm:
+        phases = ([BWD_NORM_C.value] if cell == LSTM else []) + [BWD_GATES.value, BWD_NORM_Q.value, BWD_CARRY.value]
+    dnorm = new_output(dg, (D, T, B, (5 if cell == LSTM else 4) * H) if norm else (0,))
+    _, part = _norm_buffers(norm, dhbuf, D, 0, B, H, plan.blocks.block_h)
     span = reduction_span(R, HD, plan.blocks.block_h) if HD < R else H
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
-        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout, STATE_GRADS=dcs is not None,
-                    KP=_resident_width(plan, H, span))
+        meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout, LN=norm,
+                    STATE_GRADS=dcs is not None, KP=_resident_width(plan, H, span))
         head = (
             _part(dy, d, R), _or_dummy(_part(dcs, d), y), _keep_part(keep, d, H, y), _part(w_hh, d), _or_dummy(_part(w_hr, d), y),
             _or_dummy(_part(h0, d), y), _or_dummy(_part(c0, d), y), lengths, _part(y, d, R),
             _or_dummy(_part(ws, d), y), _or_dummy(_part(cs, d), y), _part(dg, d), _or_dummy(_part(dhs, d), y),
-            _part(dhbuf, d), _or_dummy(_part(dcbuf, d), y),
+            _part(dhbuf, d), _or_dummy(_part(dcbuf, d), y), _or_dummy(_part(ln, d), y), _or_dummy(_part(ns, d), y),
+            _or_dummy(_part(dnorm, d), y), _or_dummy(_part(part, d), y),
         )
         tail = (T, B, H, R, plan.columns(H), plan.columns(R), plan.slices, HD, plan.meeting)
         _run_steps(sequence_bwd_kernel, plan, B, T, phases, head, tail, meta, y.device)
-    return dg, dhbuf, dcbuf, dhs
+    return dg, dhbuf, dcbuf, dhs, dnorm

@@ -7,6 +7,8 @@ are contiguous (the launchers see to it).
 import triton
 import triton.language as tl
 
+from .cell_math import layer_norm, tanh
+
 # Added to a barrier's counter when a wait gives up: every later wait of the launch passes at once and the
 # launcher reports the stall.
 BROKEN = tl.constexpr(1 << 30)
@@ -222,6 +224,33 @@ def _put_own_tile(buf, rows, rmask, width, col0, lo, n, tile, KEEP: tl.constexpr
 
 
 @triton.jit
+def _previous_h(h_cur, rows, R, j, cols, m, active, ZONEOUT: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr):
+    """h_{t-1} of a block of units where the step needs it: every row with zoneout (it blends h_{t-1} in), else
+    the inactive rows (they keep it; zeros elsewhere), none with a projection (its phase reads h itself)."""
+    if ZONEOUT:
+        return tl.load(_at(h_cur, rows, R, j, cols), mask=m, other=0.0).to(ACC)
+    elif not HAS_PROJ:
+        return tl.load(_at(h_cur, rows, R, j, cols), mask=m & ~active[:, None], other=0.0).to(ACC)
+    else:
+        return 0.0
+
+
+@triton.jit
+def _put_h(h_nxt, y, rows, tb, R, YW, j, cols, m, active, h, h_prev):
+    """Store a block of the step's h: the next state (an inactive row keeps h_prev) and the output (zero for an
+    inactive row, whose time index is padding)."""
+    tl.store(_at(h_nxt, rows, R, j, cols), tl.where(active[:, None], h, h_prev), mask=m)
+    tl.store(_at(y, tb, YW, j, cols), tl.where(active[:, None], h, 0.0), mask=m)
+
+
+@triton.jit
+def _put_stats(ns, index, width, col, mask, mean, rstd):
+    """Store the rows' mean and rstd at columns col, col + 1 of rows ``index`` of a contiguous tensor."""
+    tl.store(ns + index * width + col, mean, mask=mask)
+    tl.store(ns + index * width + col + 1, rstd, mask=mask)
+
+
+@triton.jit
 def _keep_factor(keep, index, width, j, cols, mask, ZONEOUT: tl.constexpr, ACC: tl.constexpr):
     """Zoneout's keep-the-new-h factor of a (BLOCK_B, BLOCK_H) block: the training mask's entries at rows
     ``index`` of a (T*B, width) tensor (ZONEOUT 1; 0 where ``mask`` is off), or the one eval factor 1 - p
@@ -266,3 +295,137 @@ def _store_gates(ptr, index, width, H, j, cols, mask, q0, q1, q2, q3):
     x = tl.join(tl.join(q0, q2), tl.join(q1, q3))  # [.., a, b] = gate 2 a + b
     tl.store(_gate_pointers(ptr, index, width, H, j, cols), tl.reshape(x, (q0.shape[0], q0.shape[1], 4)),
              mask=mask[:, :, None])
+
+
+# ----------------------------------------------------------------------------
+# Row statistics across a tile's slices (layer normalisation inside the time loop)
+# ----------------------------------------------------------------------------
+# haste's epsilon (and torch's F.layer_norm default), added to the biased variance.
+LN_EPS = tl.constexpr(1e-5)
+# Blocks of partials read at once when a row's statistics are combined.
+PARTIALS_CHUNK = tl.constexpr(16)
+
+
+@triton.jit
+def _gains(ln, H, j, cols, NG: tl.constexpr, ACC: tl.constexpr):
+    """Gate blocks 0..NG-1 of a per-unit vector (gate g of unit j + col at ln[g * H + j + col]) as four (1,
+    BLOCK_H) rows in ACC (zeros past NG and past H): the layer normalisation's gains (or bias) of the units."""
+    real = (j + cols) < H
+    g0 = tl.load(ln + j + cols, mask=real, other=0.0).to(ACC)[None, :]
+    g1 = tl.load(ln + H + j + cols, mask=real & (NG > 1), other=0.0).to(ACC)[None, :]
+    g2 = tl.load(ln + 2 * H + j + cols, mask=real & (NG > 2), other=0.0).to(ACC)[None, :]
+    g3 = tl.load(ln + 3 * H + j + cols, mask=real & (NG > 3), other=0.0).to(ACC)[None, :]
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _block_moments(q0, q1, q2, q3, cmask, NG: tl.constexpr):
+    """Per row, the sum and the sum of squared deviations from its own mean of gate blocks 0..NG-1 of a block of
+    units, over the real units (``cmask``, (1, BLOCK_H)): a block's partial statistics (Chan's form, combined
+    without cancellation by ``_row_moments``)."""
+    s = tl.sum(tl.where(cmask, q0, 0.0), 1)
+    if NG > 1:
+        s += tl.sum(tl.where(cmask, q1, 0.0), 1)
+    if NG > 2:
+        s += tl.sum(tl.where(cmask, q2, 0.0), 1)
+    if NG > 3:
+        s += tl.sum(tl.where(cmask, q3, 0.0), 1)
+    mean = (s / (NG * tl.sum(cmask.to(s.dtype), 1)))[:, None]
+    m2 = tl.sum(tl.where(cmask, (q0 - mean) * (q0 - mean), 0.0), 1)
+    if NG > 1:
+        m2 += tl.sum(tl.where(cmask, (q1 - mean) * (q1 - mean), 0.0), 1)
+    if NG > 2:
+        m2 += tl.sum(tl.where(cmask, (q2 - mean) * (q2 - mean), 0.0), 1)
+    if NG > 3:
+        m2 += tl.sum(tl.where(cmask, (q3 - mean) * (q3 - mean), 0.0), 1)
+    return s, m2
+
+
+@triton.jit
+def _put_partials(part, rows, rmask, NB, SET: tl.constexpr, block, a, b):
+    """Store a block of units' two per-row partials (a, b) at part[row, SET, block, :] of a contiguous
+    (B, 2, NB, 2) buffer (two sets, so one phase may write a set while the tile still reads the other)."""
+    at = part + ((rows * 2 + SET) * NB + block) * 2
+    tl.store(at, a, mask=rmask)
+    tl.store(at + 1, b, mask=rmask)
+
+
+@triton.jit
+def _partials(part, rows, rmask, NB, SET: tl.constexpr, k0, ACC: tl.constexpr):
+    """Blocks [k0, k0 + PARTIALS_CHUNK) of the rows' partials of set SET: (a, b, the blocks, their mask)."""
+    blocks = k0 + tl.arange(0, PARTIALS_CHUNK)
+    ok = rmask[:, None] & (blocks < NB)[None, :]
+    at = part + ((rows[:, None] * 2 + SET) * NB + blocks[None, :]) * 2
+    a = tl.load(at, mask=ok, other=0.0).to(ACC)
+    b = tl.load(at + 1, mask=ok, other=0.0).to(ACC)
+    return a, b, blocks, ok
+
+
+@triton.jit
+def _row_sums(part, rows, rmask, NB, SET: tl.constexpr, ACC: tl.constexpr):
+    """The rows' sums of both partials of set SET over every block of units (NB blocks)."""
+    sa = tl.zeros(rows.shape, ACC)
+    sb = tl.zeros(rows.shape, ACC)
+    for k0 in range(0, NB, PARTIALS_CHUNK):
+        a, b, _, _ = _partials(part, rows, rmask, NB, SET, k0, ACC)
+        sa += tl.sum(a, 1)
+        sb += tl.sum(b, 1)
+    return sa, sb
+
+
+@triton.jit
+def _row_moments(part, rows, rmask, NB, SET: tl.constexpr, NG: tl.constexpr, H, BLOCK_H: tl.constexpr,
+                 ACC: tl.constexpr):
+    """The mean and 1 / sqrt(biased variance + LN_EPS) of each row's NG x H values from the blocks' partials of
+    set SET (``_block_moments``: sum, and squared deviations from the block's mean), combined as Chan et al.:
+    M2 = sum of M2_b + n_b (mean_b - mean)^2, no cancellation between large sums."""
+    total, _ = _row_sums(part, rows, rmask, NB, SET, ACC)
+    mean = total / (NG * H)
+    m2 = tl.zeros(rows.shape, ACC)
+    for k0 in range(0, NB, PARTIALS_CHUNK):
+        a, b, blocks, ok = _partials(part, rows, rmask, NB, SET, k0, ACC)
+        count = (NG * tl.maximum(tl.minimum(BLOCK_H, H - blocks * BLOCK_H), 1)).to(ACC)[None, :]  # 1 past NB
+        dev = a / count - mean[:, None]
+        m2 += tl.sum(tl.where(ok, b + count * dev * dev, 0.0), 1)
+    return mean, 1.0 / tl.sqrt(m2 / (NG * H) + LN_EPS)
+
+
+@triton.jit
+def _get_stats(ns, index, width, col, rmask, ACC: tl.constexpr):
+    """The rows' mean and rstd stored by ``_put_stats`` at columns col, col + 1."""
+    mean = tl.load(ns + index * width + col, mask=rmask, other=0.0).to(ACC)
+    rstd = tl.load(ns + index * width + col + 1, mask=rmask, other=0.0).to(ACC)
+    return mean, rstd
+
+
+@triton.jit
+def _normalised_products(ns, index, width, H, j, cols, m, mean, rstd, NG: tl.constexpr, ACC: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The saved raw products of gate blocks 0..NG-1 of a block of units, normalised: (q - mean) * rstd."""
+    q0, q1, q2, q3 = _load_gates(ns, index, width, H, j, cols, m, NG, ACC, BLOCK_B, BLOCK_H)
+    mean, rstd = mean[:, None], rstd[:, None]
+    return (q0 - mean) * rstd, (q1 - mean) * rstd, (q2 - mean) * rstd, (q3 - mean) * rstd
+
+
+@triton.jit
+def _normalised_c(cs, tb, j, cols, am, ln_c, H, mean, rstd, ACC: tl.constexpr):
+    """A block of an LSTM's saved c (rows ``tb`` of a (T*B, H) tensor), normalised: returns c_hat = (c - mean)
+    * rstd, tanh(c_hat * gain + bias) (h's tanh in haste's LayerNorm LSTM) and the gain, ``ln_c`` holding the
+    gain of every unit, then its bias."""
+    real = (j + cols) < H
+    c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
+    gain = tl.load(ln_c + j + cols, mask=real, other=0.0).to(ACC)[None, :]
+    bias = tl.load(ln_c + H + j + cols, mask=real, other=0.0).to(ACC)[None, :]
+    c_hat = (c - mean[:, None]) * rstd[:, None]
+    return c_hat, tanh(layer_norm(c, mean[:, None], rstd[:, None], gain, bias)), gain
+
+
+@triton.jit
+def _carried_dh(dhbuf, own_dh, dy, rows, tb, R, YW, j, cols, m, am, KP: tl.constexpr, ACC: tl.constexpr):
+    """A block's carried gradient of h (in registers when resident, else the owner-only buffer) and the whole
+    gradient reaching this step's h: the carry plus dy."""
+    if KP > 0:
+        carry = own_dh
+    else:
+        carry = tl.load(_at(dhbuf, rows, R, j, cols), mask=m, other=0.0)
+    return carry, carry + tl.load(_at(dy, tb, YW, j, cols), mask=am, other=0.0).to(ACC)
