@@ -111,12 +111,14 @@ class Case:
     tf32: bool  # torch.backends.cudnn.allow_tf32, which the sequence kernels follow
     heads: int = 1  # heads of a block-diagonal W_hh (the multi-head layers, FlashRNN's API; IndRNN: H heads)
     zoneout: bool = False  # haste's zoneout: training masks and the eval factor
+    layer_norm: bool = False  # haste's LayerNorm LSTM / GRU: the recurrent products (and c) normalised
 
     def __str__(self) -> str:
         direction = "reverse" if self.reverse else "bidirectional"
         heads = [f"{self.heads}x{self.hidden // self.heads}"] if self.heads > 1 else []
         flags = [self.cell, self.dtype, f"H={self.hidden}", *heads, f"B={self.batch}", direction]
         flags += ["zoneout"] if self.zoneout else []
+        flags += ["layer norm"] if self.layer_norm else []
         flags += [] if self.bias else ["no bias"]
         flags += [] if self.tf32 else ["no tf32"]
         return " ".join(flags)
@@ -181,6 +183,16 @@ def zoneout_cases() -> list[Case]:
             for hidden in (40, 768) for batch in (16, 4096) for reverse in (False, True)]
 
 
+def layer_norm_cases() -> list[Case]:
+    """haste's LayerNorm LSTM and GRU: every dtype, the TF32 switch, with and without zoneout, a hidden size not a
+    multiple of 16 and a wide one, one program and several, both directions."""
+    return [Case(cell, dtype, hidden, batch, reverse, True, tf32, zoneout=zoneout, layer_norm=True)
+            for cell in ("LSTM", "GRU")
+            for dtype in ("float32", "float16", "bfloat16", "float64")
+            for hidden in (40, 768, 2048) for batch in (16, 4096) for reverse in (False, True)
+            for tf32 in ((True, False) if dtype == "float32" else (True,)) for zoneout in (False, True)]
+
+
 # Every kernel on every target, each cell's code path (CELL, HAS_PROJ, HAS_BHN, RELU) and accumulator type, both
 # directions, products on tensor cores (TF32, bf16, fp16) and on FMA units (fp64, IEEE fp32), a hidden size that is
 # not a multiple of 16 and the largest step-kernel tile (8 x 256). The LSTM with TF32 at hidden 20 (masked 32-wide
@@ -198,6 +210,8 @@ QUICK = (
     Case("GRU", "float32", 96, 8, reverse=True, bias=True, tf32=False, heads=4),  # blocks straddling heads
     Case("LSTM", "float16", 768, 16, reverse=False, bias=True, tf32=True, zoneout=True),  # haste's zoneout
     Case("RNN_TANH", "float32", 40, 16, reverse=True, bias=True, tf32=True, heads=40, zoneout=True),  # IndRNN
+    Case("LSTM", "bfloat16", 768, 16, reverse=False, bias=True, tf32=True, layer_norm=True),  # LayerNorm, split
+    Case("GRU", "float32", 40, 16, reverse=True, bias=True, tf32=False, zoneout=True, layer_norm=True),
 )
 
 # ----------------------------------------------------------------------------
@@ -327,12 +341,22 @@ def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
     xp = meta(T, B, D * G)
     for p in plans:
         S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, False, p)  # inference
-        y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, True, p)
+        y, h_n, c_n, ws, cs, *_ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, True,
+                                                     p)
         dc_n = meta(D, B, carried * H) if carried else None
+        if case.layer_norm:  # inference, then training and its backward (with zoneout's masks when the case has it)
+            ln = meta(D, G + (2 * H if cell == S.LSTM else 0))
+            keep = meta(T, B, D * H) if case.zoneout else None
+            S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, False, p, None, ln)
+            y, h_n, c_n, ws, cs, _, ns = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell,
+                                                            case.reverse, True, p, keep, ln)
+            S.sequence_backward(torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws,
+                                cs, cell, case.reverse, p, None, keep, ln, ns)
+            continue
         if case.zoneout:  # training masks, then the eval factor (forward only: eval has no backward)
             keep = meta(T, B, D * H)
-            y, h_n, c_n, ws, cs, _ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse,
-                                                        True, p, keep)
+            y, h_n, c_n, ws, cs, *_ = S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse,
+                                                         True, p, keep)
             S.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, case.reverse, False, p, meta(1))
             S.sequence_backward(torch.empty_like(y), torch.empty_like(h_n), dc_n, w_hh, w_hr, h0, c0, lengths, y, ws,
                                 cs, cell, case.reverse, p, None, keep)
@@ -840,8 +864,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         report = run(QUICK, "quick: " + "; ".join(map(str, QUICK)), args.targets, args.jobs)
     else:
-        report = run(FULL.cases() + head_cases() + zoneout_cases(),
-                     f"full: {FULL}; heads {HEAD_SHAPES}; zoneout", args.targets, args.jobs)
+        report = run(FULL.cases() + head_cases() + zoneout_cases() + layer_norm_cases(),
+                     f"full: {FULL}; heads {HEAD_SHAPES}; zoneout; layer norm", args.targets, args.jobs)
     print(summary(report))
     if args.markdown:
         command = " ".join(["python -m fused_rnn.compile_report", *(argv if argv is not None else sys.argv[1:])])

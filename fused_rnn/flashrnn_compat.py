@@ -80,7 +80,7 @@ def flashrnn(Wx: Tensor, R: Tensor, b: Tensor, states: Tensor | None = None, fun
     owned = states[1:, :, 0].permute(1, 0, 2, 3).reshape(1, B, (num_states - 1) * H) if num_states > 1 else None
     x = Wx.transpose(0, 1).reshape(T, B, -1)  # (T, B, G*H), gate g of unit k*D + d at column g*H + k*D + d
     lengths = torch.full((B,), T, dtype=torch.int64, device=Wx.device)
-    y, h_n, c_n, _, cs, _ = sequence_ops.sequence(
+    y, h_n, c_n, _, cs, *_ = sequence_ops.sequence(
         x, None, b_ih[None], None if b_hh is None else b_hh[None], w_hh[None], None, h0, owned, lengths, cell,
         False, True, owned is not None,
     )

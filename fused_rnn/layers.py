@@ -59,10 +59,12 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * dirs)
     proj = getattr(module, "proj_size", 0)
+    norm = getattr(module, "layer_norm", False)  # haste's LayerNorm LSTM / GRU: the sequence kernels only
     if triton_runs_on(x):
-        path = choose_path(module.mode, module.hidden_size, proj, x.dtype, device_sms(x.device), device_shared(x.device))
+        path = "sequence" if norm else choose_path(module.mode, module.hidden_size, proj, x.dtype,
+                                                   device_sms(x.device), device_shared(x.device))
         cells = STEPWISE_CELLS
-    else:  # what torch.nn cannot run (heads, the sLSTM, zoneout, DropConnect) where no kernel runs: plain torch
+    else:  # what torch.nn cannot run (heads, the sLSTM, zoneout, DropConnect, LayerNorm) where no kernel runs
         path, cells = "reference", reference.CELLS
     h_n, c_n = [], []
     hidden = module.hidden_size
@@ -70,15 +72,19 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
         rows = slice(layer * dirs, (layer + 1) * dirs)  # this layer's directions in h0, c0 and h_n
         directions = [_dropconnect(module, weights[k * per : (k + 1) * per]) for k in range(rows.start, rows.stop)]
         keep = zoneout_keep(module, x.shape[0], x.shape[1], x)
+        lns = [module.layer_norm_weights(k) for k in range(rows.start, rows.stop)] if norm else None
         if path != "sequence":
             outs = []
             for d, w in enumerate(directions):
                 b_ih, b_hh = (w[2][None], w[3][None]) if module.bias else (None, None)
-                xp, b_hn = sequence_ops.project(x, w[0][None], b_ih, b_hh, cell)
+                if norm:  # the input product normalised (outside the time loop), then the biases
+                    xp, b_hn = sequence_ops.project(_normalised_input(x, w[0], lns[d][0]), None, b_ih, b_hh, cell)
+                else:
+                    xp, b_hn = sequence_ops.project(x, w[0][None], b_ih, b_hh, cell)
                 y, h, c = reference.sequence(
                     module.mode, xp, w[1], None if b_hn is None else b_hn[0], w[-1] if proj > 0 else None,
                     h0[rows.start + d], None if c0 is None else c0[rows.start + d], lengths, d == 1, cells,
-                    keep=sequence_ops._keep_of(keep, d, hidden),
+                    keep=sequence_ops._keep_of(keep, d, hidden), ln=lns[d][1] if norm else None,
                 )
                 outs.append(y)
                 h_n.append(h[None])
@@ -89,14 +95,24 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             b_ih = _stacked([w[2] for w in directions]) if module.bias else None
             b_hh = _stacked([w[3] for w in directions]) if module.bias else None
             w_hr = _stacked([w[-1] for w in directions]) if proj > 0 else None
+            ln = None
+            if norm:  # the op takes the normalised input products (the directions side by side) as its x
+                x = torch.cat([_normalised_input(x, w[0], g[0]) for w, g in zip(directions, lns)], dim=-1)
+                w_ih, ln = None, _stacked([g[1] for g in lns])
             inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[rows], None if c0 is None else c0[rows])
-            save = _differentiated(*inputs)  # else the gates are not written
-            x, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, False, save, False, keep)
+            save = _differentiated(*inputs, ln)  # else the gates are not written
+            x, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, False, save, False, keep, ln)
             h_n.append(h)
             c_n.append(c)
         if module.dropout > 0 and module.training and layer < module.num_layers - 1:
             x = F.dropout(x, module.dropout, training=True)
     return x, torch.cat(h_n), (torch.cat(c_n) if cell in (K.LSTM, K.SLSTM) else None)
+
+
+def _normalised_input(x: Tensor, w_ih: Tensor, gain: Tensor) -> Tensor:
+    """haste's normalised input product LN(x W_ih^T) * gain, (T, B, G), normalised over its G values."""
+    product = F.linear(x, w_ih)
+    return F.layer_norm(product, (product.shape[-1],), gain, eps=reference.LN_EPS)
 
 
 def zoneout_keep(module: nn.RNNBase, steps: int, batch: int, x: Tensor) -> Tensor | None:

@@ -79,8 +79,8 @@ def project(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, b_hh: Tensor | 
 def sequence(
     x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, b_hh: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
     h0: Tensor, c0: Tensor | None, lengths: Tensor, cell: int, reverse: bool, save: bool, state_grads: bool = False,
-    keep: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    keep: Tensor | None = None, ln: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """D directions (1, or 2: a bidirectional layer, direction 1 in reverse; ``reverse`` reverses a single
     direction): x (T, B, I), w_ih (D, G, I) (or None: x is the projection, (T, B, D*G)), b_ih and b_hh (D, G)
     or None (``project``), w_hh (D, G, R) (with heads
@@ -92,30 +92,31 @@ def sequence(
     (empty unless ``save``, which a caller that will not differentiate clears) and the pre-projection outputs.
     With ``state_grads`` the owned states of every step are a differentiable output (FlashRNN's API returns
     them); else gradients reach only y and the final states. ``keep``: zoneout's keep-the-new-h factors,
-    (T, B, D*H) (training masks, the directions side by side) or (1,) (eval: 1 - p), or None. The input
-    projection (``project``) is computed here and not kept.
+    (T, B, D*H) (training masks, the directions side by side) or (1,) (eval: 1 - p), or None. ``ln``: haste's
+    layer normalisation of the recurrent products (LSTM and GRU; ``sequence_forward``), (D, G + 2H) (GRU (D, G)),
+    or None; then the seventh output is what its backward reads (empty unless ``save``). The input projection
+    (``project``) is computed here and not kept.
     """
     xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
     plan = plan_for(cell, x.shape[1], w_hh, w_hr, xp.dtype, xp.device)
-    y, h_n, c_n, ws, cs, ms = K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save, plan,
-                                                 keep)
-    return y, h_n, c_n, ws, cs, ms
+    return K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save, plan, keep, ln)
 
 
 @torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())
 def sequence_backward(
     dy: Tensor, dh_n: Tensor, dc_n: Tensor | None, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor,
     c0: Tensor | None, lengths: Tensor, y: Tensor, ws: Tensor, cs: Tensor, cell: int, reverse: bool,
-    dcs: Tensor | None = None, keep: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dcs: Tensor | None = None, keep: Tensor | None = None, ln: Tensor | None = None, ns: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gate gradients (D, T, B, GS); dh0 (D, B, R) and dc0 (D, B, C*H) in the compute dtype (the carried states:
     LSTM c, sLSTM c and n; empty for GRU and RNN); the gradient of every step's h (D, T, B, R) with a
-    projection (else empty). dcs (D, T, B, C*H): gradients of the carried states at every step, or None; keep:
-    the forward's zoneout factors."""
+    projection (else empty); with layer normalisation the gradients of the raw recurrent products and (LSTM)
+    of LN(c) (D, T, B, 4H (+ H)) (else empty). dcs (D, T, B, C*H): gradients of the carried states at every
+    step, or None; keep: the forward's zoneout factors; ln, ns: the forward's normalisation and its saved
+    products and statistics."""
     plan = plan_for(cell, y.shape[1], w_hh, w_hr, y.dtype, y.device)
-    dg, dh0, dc0, dhs = K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse,
-                                            plan, dcs, keep)
-    return dg, dh0, dc0, dhs
+    return K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, plan, dcs, keep,
+                               ln, ns)
 
 
 def _acc(t: Tensor) -> torch.dtype:
@@ -123,7 +124,7 @@ def _acc(t: Tensor) -> torch.dtype:
 
 
 @sequence.register_fake
-def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save, state_grads=False, keep=None):
+def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save, state_grads=False, keep=None, ln=None):
     T, B, _ = x.shape
     D, _, H, R, _ = K.layer_sizes(w_hh, w_hr, cell)
     dtype = x.dtype if w_ih is None else torch.promote_types(x.dtype, w_ih.dtype)  # xp's, F.linear's result
@@ -136,11 +137,12 @@ def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, save, sta
         x.new_empty((D, T, B, saved) if saved else (0,), dtype=acc),
         x.new_empty((D, T, B, owned * H) if owned and save else (0,), dtype=acc),
         x.new_empty((D, T, B, H) if w_hr is not None else (0,), dtype=dtype),
+        x.new_empty((D, T, B, 4 * H + 4) if ln is not None and save else (0,), dtype=acc),
     )
 
 
 @sequence_backward.register_fake
-def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, dcs=None, keep=None):
+def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, dcs=None, keep=None, ln=None, ns=None):
     T, B, _ = y.shape
     D, G, H, R, _ = K.layer_sizes(w_hh, w_hr, cell)
     gs = (4 if G > H else 1) * H
@@ -150,6 +152,7 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, dcs
         y.new_empty(D, T, B, gs), y.new_empty(D, B, R, dtype=acc),
         y.new_empty((D, B, carried * H) if carried else (0,), dtype=acc),
         y.new_empty((D, T, B, R) if w_hr is not None else (0,)),
+        y.new_empty((D, T, B, (5 if cell == LSTM else 4) * H) if ln is not None else (0,)),
     )
 
 
@@ -166,19 +169,19 @@ def previous_states(y: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Te
     return prev.index_put((lengths - 1, rows), h0)
 
 
-# The op's differentiable tensor inputs, in order: what backward returns gradients for (then 6 Nones).
+# The op's differentiable tensor inputs, in order: what backward returns gradients for (then 6 Nones, then ln's).
 INPUTS = ("x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "h0", "c0")
 
 
 def _setup(ctx, inputs, output) -> None:
     x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, cell, reverse, _save, *extra = inputs
-    state_grads, keep = (extra + [False, None])[:2]
-    y, _h_n, _c_n, ws, cs, ms = output
+    state_grads, keep, ln = (extra + [False, None, None][len(extra):])
+    y, _h_n, _c_n, ws, cs, ms, ns = output
     ctx.cell, ctx.reverse, ctx.state_grads = cell, reverse, bool(state_grads)
-    ctx.mark_non_differentiable(ws, ms, *(() if ctx.state_grads else (cs,)))
+    ctx.mark_non_differentiable(ws, ms, ns, *(() if ctx.state_grads else (cs,)))
     # x and w_ih for dW_ih and dX (as F.linear's autograd would keep them), the biases (parameters) for the
     # double-backward recomputation; not xp, which the forward computed and dropped.
-    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms, keep)
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms, keep, ln, ns)
 
 
 def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -188,15 +191,15 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor |
     Half types recompute in fp32, as the kernels compute; the gradients come back in the inputs' dtypes.
     """
     x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors[:9]
-    keep = ctx.saved_tensors[13]
+    keep, ln = ctx.saved_tensors[13:15]
     cell, reverse, dtype = ctx.cell, ctx.reverse, ctx.saved_tensors[9].dtype  # y's: the outputs' dtype
     acc = _acc(x)
     owned = K.OWNED[cell] if cell != GRU else 0
 
-    def recurrence(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0) -> tuple[Tensor, ...]:
+    def recurrence(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, ln) -> tuple[Tensor, ...]:
         with torch.autocast(x.device.type, enabled=False):
-            x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0 = (
-                t.to(acc) if t is not None else None for t in (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
+            x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, ln = (
+                t.to(acc) if t is not None else None for t in (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, ln)
             )
             xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
             gates = w_hh.shape[1]  # G rows of each direction: its columns of xp
@@ -204,7 +207,8 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor |
                 reference.sequence(MODES[cell], xp[..., d * gates : (d + 1) * gates], w_hh[d],
                                    None if b_hn is None else b_hn[d], None if w_hr is None else w_hr[d], h0[d],
                                    None if c0 is None else c0[d], lengths, reverse or d == 1, with_states=True,
-                                   keep=_keep_of(keep, d, w_hh.shape[1] // K.GATES[cell]))
+                                   keep=_keep_of(keep, d, w_hh.shape[1] // K.GATES[cell]),
+                                   ln=None if ln is None else ln[d])
                 for d in range(w_hh.shape[0])
             ]
             y = torch.cat([o[0] for o in per_direction], dim=-1)
@@ -215,8 +219,9 @@ def _recomputed_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, dcs: Tensor |
         return tuple(o.to(dtype) for o in outs)
 
     grads = (dy, dh_n, dc_n, dcs) if owned else (dy, dh_n)
-    inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
-    return _differentiable_grads(recurrence, inputs, grads, ctx.needs_input_grad[: len(INPUTS)])
+    inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, ln)
+    return _differentiable_grads(recurrence, inputs, grads, (*ctx.needs_input_grad[: len(INPUTS)],
+                                                             ctx.needs_input_grad[-1]))
 
 
 def _keep_of(keep: Tensor | None, d: int, hidden: int) -> Tensor | None:
@@ -239,27 +244,49 @@ def recurrent_weight_grad(d_hidden: Tensor, prev: Tensor, head_dim: int) -> Tens
     return torch.matmul(dg, p[:, None]).permute(1, 0, 2, 3).reshape(rows, head_dim)
 
 
-def _backward(ctx, dy, dh_n, dc_n, _dws, dcs, _dms):
+def layer_norm_grads(dg: Tensor, dnorm: Tensor, ns: Tensor, cs: Tensor, lengths: Tensor, cell: int) -> Tensor:
+    """The gradient of the layer normalisation's parameters ``ln`` (D, G + 2H) (GRU (D, G)) from the backward
+    kernel's gate gradients dg (D, T, B, 4H), its ``dnorm`` (e, the gradient of LN(c), in columns 4H:5H), the
+    forward's saved raw products and statistics ``ns`` (D, T, B, 4H + 4) and c's ``cs``: the gains' as the sums
+    over every step and row of the normalised products' gradients times the normalised products (GRU: the
+    hidden side's r, z and n), c's bias's as the sum of e. Positions past a row's length count nothing."""
+    H = cs.shape[-1] if cell == LSTM else dg.shape[-1] // 4
+    G = (4 if cell == LSTM else 3) * H
+    valid = (torch.arange(dg.shape[1], device=dg.device)[:, None] < lengths[None, :])[None, :, :, None]
+    d_hidden = dg if cell == LSTM else torch.cat([dg[..., : 2 * H], dg[..., 3 * H :]], dim=-1)
+    q_hat = (ns[..., :G] - ns[..., 4 * H : 4 * H + 1]) * ns[..., 4 * H + 1 : 4 * H + 2]
+    d_gain = torch.where(valid, d_hidden.to(q_hat.dtype) * q_hat, 0.0).sum((1, 2))
+    if cell != LSTM:
+        return d_gain
+    e = dnorm[..., 4 * H :].to(q_hat.dtype)
+    c_hat = torch.where(valid, (cs - ns[..., 4 * H + 2 : 4 * H + 3]) * ns[..., 4 * H + 3 :], 0.0)
+    return torch.cat([d_gain, (e * c_hat).sum((1, 2)), e.sum((1, 2))], dim=-1)
+
+
+def _backward(ctx, dy, dh_n, dc_n, _dws, dcs, _dms, _dns):
     cell = ctx.cell
     carried = K.CARRIED[cell]
     dcs = dcs if ctx.state_grads and carried else None
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-        return (*_recomputed_grads(ctx, dy, dh_n, dc_n, dcs), None, None, None, None, None, None)
-    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms, keep = ctx.saved_tensors
+        *grads, d_ln = _recomputed_grads(ctx, dy, dh_n, dc_n, dcs)
+        return (*grads, None, None, None, None, None, None, d_ln)
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ms, keep, ln, ns = ctx.saved_tensors
     need = dict(zip(INPUTS, ctx.needs_input_grad))
     T, B, _ = y.shape
     D, _, H, R, HD = K.layer_sizes(w_hh, w_hr, cell)
     # the carried states' gradients (LSTM c; sLSTM c and n: m, the stabiliser, has none, as in FlashRNN)
     dc_carried = dc_n[..., : carried * H] if carried else None
-    dg, dh0, dc0, dhs = sequence_backward(
+    dg, dh0, dc0, dhs, dnorm = sequence_backward(
         dy, dh_n, dc_carried, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, ctx.reverse,
-        None if dcs is None else dcs[..., : carried * H], keep,
+        None if dcs is None else dcs[..., : carried * H], keep, ln, ns,
     )
     if cell == GRU:
         d_xp = dg[..., : 3 * H]  # the gradient of xp (r, z, n input sides)
         d_hidden = torch.cat([dg[..., : 2 * H], dg[..., 3 * H :]], dim=-1)
     else:
         d_xp, d_hidden = dg, dg
+    if ln is not None:  # W_hh multiplies the normalised products' inputs: their gradients reach it
+        d_hidden = dnorm[..., : d_hidden.shape[-1]]
     G, I = d_xp.shape[-1], x.shape[-1]
     # (T*B, D*G): the directions side by side, as project's xp has them
     d_xp2 = d_xp.permute(1, 2, 0, 3).reshape(T * B, D * G)
@@ -295,7 +322,10 @@ def _backward(ctx, dy, dh_n, dc_n, _dws, dcs, _dms):
     d_c0 = None
     if carried and c0 is not None:  # sLSTM: no gradient reaches the initial stabiliser m
         d_c0 = torch.cat([dc0, dc0.new_zeros(D, B, c0.shape[-1] - carried * H)], dim=-1).to(c0.dtype)
-    return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None, None, None
+    d_ln = None
+    if ln is not None and ctx.needs_input_grad[-1]:
+        d_ln = layer_norm_grads(dg, dnorm, ns, cs, lengths, cell).to(ln.dtype)
+    return d_x, d_wi, d_bi, d_bh, d_w, d_wr, dh0.to(h0.dtype), d_c0, None, None, None, None, None, None, d_ln
 
 
 sequence.register_autograd(_backward, setup_context=_setup)

@@ -211,7 +211,7 @@ def sequence_fwd_kernel(
     NB = tl.cdiv(H, BLOCK_H)
     LN_OUT: tl.constexpr = LN and CELL == 0  # h = o * tanh(LN(c)) after c's statistics: a phase of its own
     MEETS: tl.constexpr = 1 + HAS_PROJ + LN + LN_OUT
-    ln += d * (G + 2 * H * LN_OUT)
+    ln += d * (G + 2 * LN_OUT) * H
     ns += d * (T if SAVE else 1) * B * NW
     part += d * B * 4 * NB
     # The program's rows of W_hh, every gate side by side, kept on chip (KP > 0; else 0).
@@ -448,7 +448,7 @@ def sequence_bwd_kernel(
     LN_C: tl.constexpr = LN and CELL == 0  # LN(c) inside the LSTM's output: its gradient has a phase of its own
     MEETS: tl.constexpr = 1 + HAS_PROJ + LN + LN_C
     DW = 4 * H + H * LN_C
-    ln += d * (G + 2 * H * LN_C)
+    ln += d * (G + 2 * LN_C) * H
     ns += d * T * B * NW
     dnorm += d * T * B * DW
     part += d * B * 4 * NB
