@@ -476,10 +476,8 @@ def sequence_bwd_kernel(
         tb, tpb = t * B + rows, tp * B + rows  # the rows' index in (T, B, width) sequences at t and tp
         first = ((zero_b + s) == 0)[:, None]  # the previous state is h0 / c0
         arrived = (r_step - S_BEGIN) * MEETS * GROUP  # arrivals at this program's counter before this step
-        if LN:  # the rows' statistics of the step's raw products and (LSTM) of c, saved by the forward
-            mean_q, rstd_q = _get_stats(ns, tb, NW, 4 * H, rmask, ACC)
+        if LN_C:  # Phase N_C: e, the gradient of LN(c), and its partial sums (c's statistics saved by the forward)
             mean_c, rstd_c = _get_stats(ns, tb, NW, 4 * H + 2, rmask, ACC)
-        if LN_C:  # Phase N_C: e, the gradient of LN(c), and its partial sums
             for j in range(h_lo, h_hi if (BWD_NORM_C & PHASES) else h_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
                 m = rmask[:, None] & ((j + cols) < H)[None, :]
@@ -487,7 +485,8 @@ def sequence_bwd_kernel(
                 _, dh = _carried_dh(dhbuf, own_dh, dy, rows, tb, R, YW, j, cols, m, am, KP, ACC)
                 if ZONEOUT:  # the cell gets k dh
                     dh *= _keep_factor(keep, tb, DIRS * H, j, cols, am, ZONEOUT, ACC)
-                c_hat, tc, gain_c = _normalised_c(cs, tb, j, cols, am, ln + 4 * H, H, mean_c, rstd_c, ACC)
+                c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
+                c_hat, tc, gain_c = _normalised_c(c, j, cols, ln + 4 * H, H, mean_c, rstd_c, ACC)
                 o = tl.load(_at(ws, tb, 4 * H, 3 * H + j, cols), mask=am, other=0.0).to(ACC)
                 _, e = lstm_output_backward(dh, o, tc)
                 e = tl.where(active[:, None], e, 0.0)
@@ -496,6 +495,9 @@ def sequence_bwd_kernel(
                               tl.sum(gain_c * e * c_hat, 1))
             _slices_barrier(sync_tile, arrived + GROUP, BARRIER, SPIN_LIMIT)
             e_sum, e_c_sum = _row_sums(part, rows, rmask, NB, 1, ACC)
+        if LN:  # the step's statistics, loaded where each phase needs them (registers live through fewer phases)
+            mean_q, rstd_q = _get_stats(ns, tb, NW, 4 * H, rmask, ACC)
+            mean_c, rstd_c = _get_stats(ns, tb, NW, 4 * H + 2, rmask, ACC)
         if HAS_PROJ:
             # Phase P: the gradient of this step's h (R columns); the carry of an inactive row passes through.
             for j in range(r_lo, r_hi if (BWD_PROJ & PHASES) else r_lo, BLOCK_H):
@@ -541,7 +543,7 @@ def sequence_bwd_kernel(
             if CELL == 0:
                 i, f, g, o = _load_gates(ws, tb, 4 * H, H, j, cols, am, 4, ACC, BLOCK_B, BLOCK_H)
                 if LN_C:  # h = o * tanh(LN(c)): c's gradient through the normalisation of its row
-                    c_hat, tc, gain_c = _normalised_c(cs, tb, j, cols, am, ln + 4 * H, H, mean_c, rstd_c, ACC)
+                    c_hat, tc, gain_c = _normalised_c(c, j, cols, ln + 4 * H, H, mean_c, rstd_c, ACC)
                     d_o, e = lstm_output_backward(dh, o, tc)
                     dc_ln = layer_norm_backward(gain_c * e, c_hat, rstd_c[:, None], (e_sum / H)[:, None],
                                                 (e_c_sum / H)[:, None])
@@ -610,6 +612,7 @@ def sequence_bwd_kernel(
         _slices_barrier(sync_tile, arrived + (1 + HAS_PROJ + LN_C) * GROUP, BARRIER, SPIN_LIMIT)
         if LN:  # Phase N_Q: the raw products' gradients through the normalisation of their row
             v_sum, v_x_sum = _row_sums(part, rows, rmask, NB, 0, ACC)
+            mean_q, rstd_q = _get_stats(ns, tb, NW, 4 * H, rmask, ACC)
             mean_v, mean_v_x = (v_sum / (G * H))[:, None], (v_x_sum / (G * H))[:, None]
             for j in range(h_lo, h_hi if (BWD_NORM_Q & PHASES) else h_lo, BLOCK_H):
                 cols = tl.arange(0, BLOCK_H).to(tl.int64)
@@ -948,8 +951,10 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     span = reduction_span(R, HD, plan.blocks.block_h) if HD < R else H
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
+        # The LayerNorm LSTM's backward streams W_hh even under a weight-stationary plan: with its three phases
+        # and resident W it spilled on sm_80 (compile report); its forward keeps W on chip.
         meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout, LN=norm,
-                    STATE_GRADS=dcs is not None, KP=_resident_width(plan, H, span))
+                    STATE_GRADS=dcs is not None, KP=0 if norm and cell == LSTM else _resident_width(plan, H, span))
         head = (
             _part(dy, d, R), _or_dummy(_part(dcs, d), y), _keep_part(keep, d, H, y), _part(w_hh, d), _or_dummy(_part(w_hr, d), y),
             _or_dummy(_part(h0, d), y), _or_dummy(_part(c0, d), y), lengths, _part(y, d, R),

@@ -408,12 +408,10 @@ def _normalised_products(ns, index, width, H, j, cols, m, mean, rstd, NG: tl.con
 
 
 @triton.jit
-def _normalised_c(cs, tb, j, cols, am, ln_c, H, mean, rstd, ACC: tl.constexpr):
-    """A block of an LSTM's saved c (rows ``tb`` of a (T*B, H) tensor), normalised: returns c_hat = (c - mean)
-    * rstd, tanh(c_hat * gain + bias) (h's tanh in haste's LayerNorm LSTM) and the gain, ``ln_c`` holding the
-    gain of every unit, then its bias."""
+def _normalised_c(c, j, cols, ln_c, H, mean, rstd, ACC: tl.constexpr):
+    """A block of an LSTM's c normalised: returns c_hat = (c - mean) * rstd, tanh(c_hat * gain + bias) (h's tanh
+    in haste's LayerNorm LSTM) and the gain, ``ln_c`` holding the gain of every unit, then its bias."""
     real = (j + cols) < H
-    c = tl.load(_at(cs, tb, H, j, cols), mask=am, other=0.0).to(ACC)
     gain = tl.load(ln_c + j + cols, mask=real, other=0.0).to(ACC)[None, :]
     bias = tl.load(ln_c + H + j + cols, mask=real, other=0.0).to(ACC)[None, :]
     c_hat = (c - mean[:, None]) * rstd[:, None]
