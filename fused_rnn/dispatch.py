@@ -5,7 +5,8 @@
   tile of 16 rows is split into ``slices`` programs, each owning a slice of
   the hidden units of every gate and reading only its rows of W_hh each step;
   the programs of a tile meet at a barrier between phases (one per step, two
-  with a projection). One slice is the batch-tiled kernel: every program
+  with a projection; haste's LayerNorm GRU two and LSTM three, modes "LN_GRU"
+  and "LN_LSTM", whose row statistics span every slice). One slice is the batch-tiled kernel: every program
   reads all of W_hh each step, no barrier.
 - ``"stepwise"``: a Python loop over time of one cuBLAS matmul plus the fused
   cell kernel per step; every step pays host dispatch.
@@ -45,7 +46,8 @@ import triton
 from .kernels.launch import SequencePlan, meeting_programs, sequence_blocks, tf32_products
 from .kernels.sequence_kernels import reduction_span
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "SLSTM": 4}
+# Modes: torch.nn's, the sLSTM, and haste's LayerNorm LSTM and GRU ("LN_" + the cell's).
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "SLSTM": 4, "LN_LSTM": 4, "LN_GRU": 3}
 # Estimates, not measurements:
 # - one SM's L2 read bandwidth with every SM reading: gpu-benches' gpu-l2-cache measures about 5.4 TB/s on an
 #   A100 (108 SMs), 7 TB/s on an H100 PCIe (114) and 10 TB/s on an H200 (132): 35-40 bytes per clock per SM,
@@ -172,11 +174,19 @@ def sequence_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     if w_bytes > L2_BYTES:
         seconds = max(seconds, w_bytes / DRAM_BYTES_PER_S)
     if plan.meeting > 1:
-        phases = 2 if proj_size > 0 else 1
-        seconds += phases * (BARRIER_S if plan.one_launch else STEP_LAUNCH_S)
-    else:
-        seconds += STEP_LATENCY_S
+        seconds += meetings_per_step(mode, proj_size) * (BARRIER_S if plan.one_launch else STEP_LAUNCH_S)
+    else:  # with layer normalisation each phase's pass over the program's blocks waits for the last one's
+        seconds += STEP_LATENCY_S * (meetings_per_step(mode, proj_size) if mode.startswith("LN_") else 1)
     return seconds
+
+
+def meetings_per_step(mode: str, proj_size: int) -> int:
+    """Barriers a step of the sequence kernels takes where a tile's programs meet, forward and backward alike:
+    one; two with a projection (the projection reads all of m); with layer normalisation (row statistics over
+    every slice) two for the GRU and three for the LSTM (the products' statistics, c's, then h's exchange)."""
+    if mode.startswith("LN_"):
+        return 3 if mode == "LN_LSTM" else 2
+    return 2 if proj_size > 0 else 1
 
 
 def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype,
@@ -190,16 +200,17 @@ def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     gates = GATES[mode]
     cols_r = min(plan.columns(state), state)
     reduce = min(hidden_size, max(cols_r, reduction_width(state, head_dim, plan.blocks.block_h)))
-    stationary = plan.resident and plan.one_launch
+    # the LayerNorm LSTM's backward streams W_hh under any plan (kernels/sequence_kernels.py)
+    stationary = plan.resident and plan.one_launch and mode != "LN_LSTM"
     weights = 0 if stationary else gates * (head_dim or hidden_size) * cols_r
     reads = plan.blocks.block_b * gates * reduce * dtype.itemsize + weights * dtype.itemsize
     tiles, slices = plan.grid(batch)
     seconds = triton.cdiv(tiles * slices, sms * PROGRAMS_PER_SM) * reads / L2_BYTES_PER_S_PER_PROGRAM
+    phases = meetings_per_step(mode, proj_size)
     if plan.meeting > 1:
-        phases = 2 if proj_size > 0 else 1
         seconds += phases * (BARRIER_S if plan.one_launch else 2 * STEP_LAUNCH_S)
     else:
-        seconds += STEP_LATENCY_S
+        seconds += STEP_LATENCY_S * (phases if mode.startswith("LN_") else 1)
     return seconds
 
 
@@ -341,6 +352,8 @@ def choose_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
     ``sms`` the GPU's SMs, ``shared`` its shared memory per program."""
     if _forced is not None:
         return _forced
+    if mode.startswith("LN_"):  # no step kernel normalises: the sequence kernels only
+        return "sequence"
     costed = _costed_plans(mode, PATH_BATCH, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared)
     sequence, _ = _cheapest(costed)
     return "sequence" if sequence <= stepwise_step_seconds(mode, hidden_size, proj_size, dtype) else "stepwise"
@@ -361,7 +374,8 @@ def predicted_steps(mode: str, batch: int, hidden_size: int, proj_size: int, dty
                          ("weight-stationary", [c for c in costed if c[1].resident])):
         if chosen:
             out[name] = _cheapest(chosen)
-    out["stepwise"] = (directions * stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
+    if not mode.startswith("LN_"):  # no stepwise path normalises
+        out["stepwise"] = (directions * stepwise_step_seconds(mode, hidden_size, proj_size, dtype), None)
     return out
 
 
@@ -388,6 +402,8 @@ def explain_path(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         + ("one launch" if plan.one_launch else "one launch per step and phase")
         + ("" if not head_dim else f"; heads of {head_dim} units, "
            + ("no program waits for another" if plan.meeting == 1 else f"{plan.meeting} programs meet per head"))
+        + ("" if not mode.startswith("LN_") else "; layer normalisation: "
+           + (f"{meetings_per_step(mode, 0)} barriers a step" if plan.meeting > 1 else "no barrier (one program a row)"))
         + ("" if directions == 1 else " for both directions" if plan.directions == 2 else " for each direction")
     )
 

@@ -45,12 +45,14 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
     name = type(module).__name__
     fallback = _device_reason(x)
     if fallback is not None:
-        if getattr(module, "num_heads", 1) > 1 or getattr(module, "mode", "") == "SLSTM":  # torch.nn cannot run it
+        if getattr(module, "num_heads", 1) > 1 or getattr(module, "mode", "") == "SLSTM" \
+                or getattr(module, "layer_norm", False):  # torch.nn cannot run it
             return f"{name}: a plain-torch loop over time (reference cells): {fallback}"
         return f"{name}: torch.nn's own implementation (torch fallback): {fallback}"
     if not isinstance(module, nn.RNNBase):
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
-    path, why = explain_path(module.mode, module.hidden_size, module.proj_size, x.dtype,
+    mode = ("LN_" if getattr(module, "layer_norm", False) else "") + module.mode
+    path, why = explain_path(mode, module.hidden_size, module.proj_size, x.dtype,
                              _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda",
                              shared=device_shared(x.device), directions=2 if module.bidirectional else 1,
                              head_dim=module.hidden_size // module.num_heads if getattr(module, "num_heads", 1) > 1

@@ -41,14 +41,14 @@ MODES = {cell: mode for mode, cell in K.CELLS.items()}  # torch.nn's mode name o
 
 
 def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: torch.dtype,
-             device: torch.device) -> SequencePlan:
+             device: torch.device, layer_norm: bool = False) -> SequencePlan:
     """The dispatcher's plan for the sequence kernels of one layer (w_hh (D, G, R), or (D, G, HD) with heads:
-    D directions) on ``device``: the interpreter runs it one step and phase per launch (its programs run one
-    after another)."""
+    D directions; ``layer_norm``: haste's LayerNorm cell, "LN_" + its mode) on ``device``: the interpreter runs
+    it one step and phase per launch (its programs run one after another)."""
     directions, _, hidden, state, head_dim = K.layer_sizes(w_hh, w_hr, cell)
     proj = state if w_hr is not None else 0
     sms, shared = dispatch.device_sms(device), dispatch.device_shared(device)
-    return dispatch.sequence_plan(MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared, directions,
+    return dispatch.sequence_plan(("LN_" if layer_norm else "") + MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared, directions,
                                   head_dim if head_dim < hidden else 0)
 
 
@@ -98,7 +98,7 @@ def sequence(
     (``project``) is computed here and not kept.
     """
     xp, b_hn = project(x, w_ih, b_ih, b_hh, cell)
-    plan = plan_for(cell, x.shape[1], w_hh, w_hr, xp.dtype, xp.device)
+    plan = plan_for(cell, x.shape[1], w_hh, w_hr, xp.dtype, xp.device, ln is not None)
     return K.sequence_forward(xp, w_hh, b_hn, w_hr, h0, c0, lengths, cell, reverse, save, plan, keep, ln)
 
 
@@ -114,7 +114,7 @@ def sequence_backward(
     of LN(c) (D, T, B, 4H (+ H)) (else empty). dcs (D, T, B, C*H): gradients of the carried states at every
     step, or None; keep: the forward's zoneout factors; ln, ns: the forward's normalisation and its saved
     products and statistics."""
-    plan = plan_for(cell, y.shape[1], w_hh, w_hr, y.dtype, y.device)
+    plan = plan_for(cell, y.shape[1], w_hh, w_hr, y.dtype, y.device, ln is not None)
     return K.sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, cell, reverse, plan, dcs, keep,
                                ln, ns)
 

@@ -67,8 +67,10 @@ def _randn(*shape: int, device: str, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, device=device) * scale).to(DTYPE)
 
 
-def _sequence_inputs(cell: int, proj: int, directions: int, device: str) -> dict[str, torch.Tensor | None]:
-    """The launchers' inputs, stacked over ``directions`` (xp and dy side by side)."""
+def _sequence_inputs(cell: int, proj: int, directions: int, device: str,
+                     layer_norm: bool = False) -> dict[str, torch.Tensor | None]:
+    """The launchers' inputs, stacked over ``directions`` (xp and dy side by side); ``layer_norm``: with the
+    normalisation's gains (and the LSTM's c bias)."""
     R, D = proj or H, directions
     G = SK.GATES[cell] * H
     torch.manual_seed(cell)
@@ -79,32 +81,35 @@ def _sequence_inputs(cell: int, proj: int, directions: int, device: str) -> dict
         h0=_randn(D, B, R, device=device), c0=_randn(D, B, H, device=device) if cell == SK.LSTM else None,
         dy=_randn(T, B, D * R, device=device), dh_n=_randn(D, B, R, device=device),
         dc_n=_randn(D, B, H, device=device) if cell == SK.LSTM else None,
+        ln=_randn(D, G + (2 * H if cell == SK.LSTM else 0), device=device) if layer_norm else None,
     )
 
 
-# (cell, projection size, reverse, directions): every cell, the LSTM projection, each direction, both in one launch.
-SEQUENCE_CONFIGS = [(SK.LSTM, P, False, 1), (SK.GRU, 0, True, 1), (SK.RNN_TANH, 0, False, 2)]
+# (cell, projection size, reverse, directions, layer norm): every cell, the LSTM projection, each direction, both in
+# one launch, haste's layer normalisation (its saved products, partials and gradients are the launcher's buffers).
+SEQUENCE_CONFIGS = [(SK.LSTM, P, False, 1, False), (SK.GRU, 0, True, 1, False), (SK.RNN_TANH, 0, False, 2, False),
+                    (SK.LSTM, 0, True, 2, True)]
 
 
 def _sequence_case(place: Strided, strided: set[str], *, backward: bool) -> None:
     """Forward (and backward) of every cell with the named arguments placed past 2^31."""
     device = str(place.storage.device)
     lengths = torch.tensor([T, 2], device=device)
-    for cell, proj, reverse, directions in SEQUENCE_CONFIGS:
-        t = _sequence_inputs(cell, proj, directions, device)
+    for cell, proj, reverse, directions, layer_norm in SEQUENCE_CONFIGS:
+        t = _sequence_inputs(cell, proj, directions, device, layer_norm)
         v = {k: place(x) if k in strided and x is not None else x for k, x in t.items()}
         place.check_no_overlap()
         args = ("xp", "w_hh", "b_hn", "w_hr", "h0", "c0")
         # One slice: the whole sequence in one launch on either kind of machine.
         plan = make_plan(B, H, DTYPE, 1, 1, concurrent=not interpreting(), directions=directions)
-        want = SK.sequence_forward(*(t[k] for k in args), lengths, cell, reverse, True, plan)
-        _same(SK.sequence_forward(*(v[k] for k in args), lengths, cell, reverse, True, plan), want)
+        want = SK.sequence_forward(*(t[k] for k in args), lengths, cell, reverse, True, plan, ln=t["ln"])
+        _same(SK.sequence_forward(*(v[k] for k in args), lengths, cell, reverse, True, plan, ln=v["ln"]), want)
         if backward:
-            y, h_n, c_n, ws, cs, ms = want
+            y, h_n, c_n, ws, cs, ms, ns = want
             bargs = ("dy", "dh_n", "dc_n", "w_hh", "w_hr", "h0", "c0")
             saved = (lengths, y, ws, cs, cell, reverse, plan)
-            _same(SK.sequence_backward(*(v[k] for k in bargs), *saved),
-                  SK.sequence_backward(*(t[k] for k in bargs), *saved))
+            _same(SK.sequence_backward(*(v[k] for k in bargs), *saved, ln=v["ln"], ns=ns),
+                  SK.sequence_backward(*(t[k] for k in bargs), *saved, ln=t["ln"], ns=ns))
         place.placed.clear()
 
 
@@ -137,9 +142,9 @@ def _cells_case(place: Strided) -> None:
 
 
 CASES: dict[str, Callable[[Strided], None]] = {
-    "sequence_forward": lambda p: _sequence_case(p, {"xp", "w_hh", "b_hn", "w_hr", "h0", "c0"}, backward=False),
+    "sequence_forward": lambda p: _sequence_case(p, {"xp", "w_hh", "b_hn", "w_hr", "h0", "c0", "ln"}, backward=False),
     "sequence_backward_states": lambda p: _sequence_case(p, {"xp", "h0", "c0", "dy", "dh_n", "dc_n"}, backward=True),
-    "sequence_backward_weights": lambda p: _sequence_case(p, {"w_hh", "w_hr"}, backward=True),
+    "sequence_backward_weights": lambda p: _sequence_case(p, {"w_hh", "w_hr", "ln"}, backward=True),
     "cell_kernels": _cells_case,
 }
 
