@@ -72,7 +72,7 @@ def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, 
 
 def _run(a: dict, cell: int, reverse: bool, plan) -> tuple[list[torch.Tensor], dict]:
     with count_launches() as launches, poison_outputs():
-        y, h_n, c_n, ws, cs, ms = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"],
+        y, h_n, c_n, ws, cs, ms, _ = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"],
                                                      a["lengths"], cell, reverse, True, plan)
         grads = K.sequence_backward(a["dy"], a["dh_n"], a["dc_n"], a["w_hh"], a["w_hr"], a["h0"], a["c0"],
                                     a["lengths"], y, ws, cs, cell, reverse, plan)

@@ -31,9 +31,10 @@
 #             This machine has no network: FlashRNN (and einops) install from FLASHRNN_WHEELS, a folder of
 #             their wheels (docs/benchmarks.md says how to make it), when flashrnn does not import; without
 #             it the stage logs why and times fused_rnn and cuDNN alone (peers.log, peers/peers.{json,md}).
-#   loops/    haste's cells and the others torch.nn lacks (IndRNN, LSTM and GRU with zoneout, sLSTM,
-#             multi-head LSTM) against the plain-torch loop over time, and cuDNN where it has a relative
-#             (python -m fused_rnn.bench.loops; loops.log, loops/loops.json)
+#   loops/    haste's cells and the others torch.nn lacks (IndRNN, LSTM and GRU with zoneout, LayerNorm
+#             LSTM and GRU, sLSTM, multi-head LSTM) against the plain-torch loop over time, and cuDNN where
+#             it has a relative (python -m fused_rnn.bench.loops; loops.log, loops/loops.json; each row is
+#             logged as it is measured, so a stage stopped at its limit keeps the rows before)
 # Each benchmark writes bench.json, bench.csv, bench.md, bench.png (with matplotlib) under
 # OUTPUT_DIR/NAME/, with measured and predicted (cost model) microseconds per step; the summary
 # table comes last (also in summary.txt). The stage limits add up to 590 s, 650 s with peer-install (estimates,

@@ -1,10 +1,10 @@
 """haste's cells against the PyTorch loop a user would otherwise write: ``python -m fused_rnn.bench.loops``.
 
-For each cell torch.nn lacks (IndRNN; LSTM and GRU with zoneout; the sLSTM and a multi-head LSTM) it times
-fused-rnn's layer against the same layer computed by a Python loop over time of plain torch ops (haste's own
-PyTorch fallback for IndRNN, LSTM and GRU, ``fused_rnn.reference``; the reference loop for the others), and,
-where cuDNN has a close relative (the LSTM and GRU without zoneout), torch.nn on cuDNN: the cost of the
-regulariser. Each row also records the structural facts: Triton launches per call and the barriers per step
+For each cell torch.nn lacks (IndRNN; LSTM and GRU with zoneout; haste's LayerNorm LSTM and GRU; the sLSTM and
+a multi-head LSTM) it times fused-rnn's layer against the same layer computed by a Python loop over time of plain
+torch ops (haste's own PyTorch fallback for IndRNN, LSTM, GRU and the LayerNorm cells, ``fused_rnn.reference``;
+the reference loop for the others), and, where cuDNN has a close relative (the LSTM and GRU without zoneout or
+layer normalisation), torch.nn on cuDNN: the cost of the regulariser or of the normalisations. Each row also records the structural facts: Triton launches per call and the barriers per step
 of the plan. Forward and forward+backward, in the layer's dtype. Without a GPU it runs in Triton's interpreter
 at sizes divided by 8: the timings mean nothing there.
 """
@@ -24,7 +24,7 @@ from ..kernels.launch import interpreting
 from .cli import restart_in_interpreter
 from .timing import measure
 
-CELLS = ("indrnn", "lstm_zoneout", "gru_zoneout", "slstm", "multihead_lstm")
+CELLS = ("indrnn", "lstm_zoneout", "gru_zoneout", "layer_norm_lstm", "layer_norm_gru", "slstm", "multihead_lstm")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -45,6 +45,8 @@ def _layer(cell: str, size: int, dtype: torch.dtype, device) -> torch.nn.Module:
     make = {"indrnn": lambda: fused_rnn.IndRNN(size, size),
             "lstm_zoneout": lambda: fused_rnn.LSTM(size, size, zoneout=0.1),
             "gru_zoneout": lambda: fused_rnn.GRU(size, size, zoneout=0.1),
+            "layer_norm_lstm": lambda: fused_rnn.LayerNormLSTM(size, size),
+            "layer_norm_gru": lambda: fused_rnn.LayerNormGRU(size, size),
             "slstm": lambda: fused_rnn.sLSTM(size, size, num_heads=4),
             "multihead_lstm": lambda: fused_rnn.MultiHeadLSTM(size, size, num_heads=4)}[cell]
     return make().to(device, dtype)
@@ -52,23 +54,30 @@ def _layer(cell: str, size: int, dtype: torch.dtype, device) -> torch.nn.Module:
 
 def _loop(module: torch.nn.Module) -> Callable:
     """The layer as a Python loop over time of plain torch ops, as a user would write it: the input projection
-    as one GEMM, then ``fused_rnn.reference.sequence`` (the reference cells; zoneout with a fresh mask)."""
+    as one GEMM (normalised for the LayerNorm cells), then ``fused_rnn.reference.sequence`` (the reference cells;
+    zoneout with a fresh mask; the recurrent products, and c, normalised at each step)."""
     from fused_rnn import reference, sequence_ops
     from fused_rnn.kernels.sequence_kernels import CELLS
-    from fused_rnn.layers import zoneout_keep
+    from fused_rnn.layers import _normalised_input, zoneout_keep
 
     cell = CELLS[module.mode]
+    norm = getattr(module, "layer_norm", False)
 
     def run(x):
         T, B, _ = x.shape
-        xp, b_hn = sequence_ops.project(x, module.weight_ih_l0[None], module.bias_ih_l0[None], module.bias_hh_l0[None],
-                                        cell)
+        biases = module.bias_ih_l0[None], module.bias_hh_l0[None]
+        if norm:
+            gain_ih, ln = module.layer_norm_weights(0)
+            xp, b_hn = sequence_ops.project(_normalised_input(x, module.weight_ih_l0, gain_ih), None, *biases, cell)
+        else:
+            ln = None
+            xp, b_hn = sequence_ops.project(x, module.weight_ih_l0[None], *biases, cell)
         owned = {"LSTM": 1, "SLSTM": 3}.get(module.mode, 0)
         h0 = x.new_zeros(B, module.hidden_size)
         c0 = x.new_zeros(B, owned * module.hidden_size) if owned else None
         lengths = torch.full((B,), T, dtype=torch.int64, device=x.device)
         return reference.sequence(module.mode, xp, module.weight_hh_l0, None if b_hn is None else b_hn[0], None, h0,
-                                  c0, lengths, False, keep=zoneout_keep(module, T, B, x))
+                                  c0, lengths, False, keep=zoneout_keep(module, T, B, x), ln=ln)
     return run
 
 
@@ -88,7 +97,7 @@ def _step(fn: Callable, x: torch.Tensor, params: list[torch.Tensor], mode: str) 
 
 def run(args: argparse.Namespace) -> list[Row]:
     import fused_rnn
-    from fused_rnn.dispatch import sequence_plan
+    from fused_rnn.dispatch import meetings_per_step, sequence_plan
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     divisor = 8 if device.type == "cpu" and not args.no_scale else 1
@@ -100,12 +109,14 @@ def run(args: argparse.Namespace) -> list[Row]:
         module = _layer(cell, size, dtype, device)
         x = torch.randn(seq, batch, size, device=device, dtype=dtype)
         heads = getattr(module, "num_heads", 1)
-        plan = sequence_plan(module.mode, batch, size, 0, dtype, head_dim=size // heads if heads > 1 else 0)
-        barriers = plan.meeting > 1
+        planned = ("LN_" if getattr(module, "layer_norm", False) else "") + module.mode  # the dispatcher's mode
+        plan = sequence_plan(planned, batch, size, 0, dtype, head_dim=size // heads if heads > 1 else 0)
+        barriers = meetings_per_step(planned, 0) if plan.meeting > 1 else 0
         candidates = {"fused_rnn": module, "torch loop": _loop(module)}
-        if cell in ("lstm_zoneout", "gru_zoneout") and device.type == "cuda":
-            relative = (torch.nn.LSTM if cell.startswith("lstm") else torch.nn.GRU)(size, size).to(device, dtype)
-            candidates["torch.nn:cudnn (no zoneout)"] = relative
+        if cell in ("lstm_zoneout", "gru_zoneout", "layer_norm_lstm", "layer_norm_gru") and device.type == "cuda":
+            relative = (torch.nn.GRU if "gru" in cell else torch.nn.LSTM)(size, size).to(device, dtype)
+            what = "zoneout" if "zoneout" in cell else "layer norm"
+            candidates[f"torch.nn:cudnn (no {what})"] = relative
         for mode in args.mode:
             for name, fn in candidates.items():
                 params = list((fn if isinstance(fn, torch.nn.Module) else module).parameters())
@@ -115,7 +126,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 timing = measure(step, device, warmup, rep)
                 fused = name == "fused_rnn"
                 rows.append(Row(cell, mode, name, timing.median_ms, launches.total if fused else None,
-                                (1 if barriers else 0) if fused else None))
+                                barriers if fused else None))
                 print(f"{cell:15} {mode:17} {name:28} {timing.median_ms:9.3f} ms  launches "
                       f"{rows[-1].launches}  barriers/step {rows[-1].barriers_per_step}", flush=True)
     return rows

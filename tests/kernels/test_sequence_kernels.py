@@ -54,8 +54,9 @@ GRID = (2, 3)
 TEST_SPIN_LIMIT = 1 << 15
 
 
-def _layer(cell: int, proj: int, device, directions: int = 1) -> dict:
-    """A layer's inputs for the launchers, every direction stacked (xp and the outputs side by side)."""
+def _layer(cell: int, proj: int, device, directions: int = 1, layer_norm: bool = False) -> dict:
+    """A layer's inputs for the launchers, every direction stacked (xp and the outputs side by side);
+    ``layer_norm``: haste's normalisation's gains (and the LSTM's c bias), away from 1 and 0."""
     torch.manual_seed(cell + proj)
     R, D = proj or H, directions
     G = K.GATES[cell] * H
@@ -69,23 +70,25 @@ def _layer(cell: int, proj: int, device, directions: int = 1) -> dict:
         w_hr=randn(D, R, H, scale=0.3) if proj else None, h0=randn(D, B, R),
         c0=randn(D, B, owned * H).abs() if owned else None,  # the sLSTM's n >= 0
         lengths=torch.tensor([T, 1, 3, 2] * 4 + [2, T, 1], device=device),
+        ln=1.0 + randn(D, G + (2 * H if cell == K.LSTM else 0), scale=0.3) if layer_norm else None,
     )
 
 
-def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device, layer=None):
+def _forward_and_backward(cell: int, proj: int, reverse: bool, plan, device, layer=None, layer_norm: bool = False):
     """Every output of the forward and backward launchers under ``plan``, and the launch counter."""
-    a = layer or _layer(cell, proj, device, plan.directions)
+    a = layer or _layer(cell, proj, device, plan.directions, layer_norm)
     with count_launches() as launches, poison_outputs():  # what no kernel writes is NaN in both forms
         out = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"], a["lengths"], cell,
-                                 reverse, True, plan)
-        y, h_n, c_n, ws, cs, ms = out
+                                 reverse, True, plan, ln=a["ln"])
+        y, h_n, c_n, ws, cs, ms, ns = out
         torch.manual_seed(7)
         carried = K.CARRIED[cell] * c_n.shape[-1] // max(K.OWNED[cell], 1)  # LSTM c; sLSTM c, n (not m)
         dy, dh_n = torch.randn_like(y), torch.randn_like(h_n)
         dc_n = torch.randn_like(c_n)[..., :carried] if carried else None
-        dcs = torch.randn_like(cs)[..., :carried] if carried else None  # gradients of every step's c (and n)
+        # gradients of every step's c (and n); not with layer normalisation (its layers have no such output)
+        dcs = torch.randn_like(cs)[..., :carried] if carried and not layer_norm else None
         grads = K.sequence_backward(dy, dh_n, dc_n, a["w_hh"], a["w_hr"], a["h0"], a["c0"], a["lengths"], y, ws, cs,
-                                    cell, reverse, plan, dcs)
+                                    cell, reverse, plan, dcs, ln=a["ln"], ns=ns)
     return [*out, *grads], launches
 
 
@@ -102,9 +105,10 @@ def _plans(resident: bool, directions: int = 1) -> tuple:
     return stepped, persistent
 
 
-# (cell, projection, reverse, directions): direction 1 of a bidirectional launch runs in reverse.
-BARRIER_CASES = [(K.LSTM, 0, False, 1), (K.LSTM, P, True, 1), (K.GRU, 0, True, 1), (K.RNN_TANH, 0, False, 1),
-                 (K.LSTM, P, False, 2), (K.GRU, 0, False, 2), (K.SLSTM, 0, True, 1)]
+# (cell, projection, reverse, directions, layer norm): direction 1 of a bidirectional launch runs in reverse.
+BARRIER_CASES = [(K.LSTM, 0, False, 1, False), (K.LSTM, P, True, 1, False), (K.GRU, 0, True, 1, False),
+                 (K.RNN_TANH, 0, False, 1, False), (K.LSTM, P, False, 2, False), (K.GRU, 0, False, 2, False),
+                 (K.SLSTM, 0, True, 1, False), (K.LSTM, 0, False, 2, True), (K.GRU, 0, True, 1, True)]
 
 
 def _assert_bitwise(got: list, want: list) -> None:
@@ -113,25 +117,27 @@ def _assert_bitwise(got: list, want: list) -> None:
 
 
 @pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
-@pytest.mark.parametrize(("cell", "proj", "reverse", "directions"), BARRIER_CASES,
-                         ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn", "lstm-proj-bi", "gru-bi", "slstm-rev"])
-def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, directions, resident, device,
-                                                             monkeypatch):
+@pytest.mark.parametrize(("cell", "proj", "reverse", "directions", "layer_norm"), BARRIER_CASES,
+                         ids=["lstm", "lstm-proj-rev", "gru-rev", "rnn", "lstm-proj-bi", "gru-bi", "slstm-rev",
+                              "ln-lstm-bi", "ln-gru-rev"])
+def test_one_launch_with_barriers_equals_one_launch_per_step(cell, proj, reverse, directions, layer_norm, resident,
+                                                             device, monkeypatch):
     """The persistent form (one launch, 3 slices per batch tile meeting at the barrier each phase; both
     directions of a bidirectional layer in one launch, each (direction, batch tile) with its own counter),
     streaming W_hh or keeping it resident, gives the same bits as one launch per step and phase (same code, same
     sums in the same order). In the interpreter the one launch runs one thread per program, the last slice of
     each tile slowed down, so its barriers really wait (``interpreter_threads``): too many expected arrivals
     give up after TEST_SPIN_LIMIT spins and raise, too few, a wrong parity or a missing barrier read state not
-    yet written (a different result)."""
+    yet written (a different result). With layer normalisation the phases per step are three (LSTM) or two
+    (GRU) forward, one more backward: each barrier ends the writes of partial row statistics others read."""
     monkeypatch.setattr(K, "SPIN_LIMIT", TEST_SPIN_LIMIT)
     stepped, persistent = _plans(resident, directions)
     grid = (directions * GRID[0], GRID[1])
-    want, stepped_launches = _forward_and_backward(cell, proj, reverse, stepped, device)
+    want, stepped_launches = _forward_and_backward(cell, proj, reverse, stepped, device, layer_norm=layer_norm)
     # The last slice of each tile stores slowly, so it always arrives last (a barrier that opens early shows).
     with concurrent_programs(straggler_s=0.02) if device == "cpu" else contextlib.nullcontext() as threads:
-        got, launches = _forward_and_backward(cell, proj, reverse, persistent, device)
-    phases = 2 if proj else 1
+        got, launches = _forward_and_backward(cell, proj, reverse, persistent, device, layer_norm=layer_norm)
+    phases = (3 if cell == K.LSTM else 2) if layer_norm else 2 if proj else 1
     assert stepped_launches.by_kernel == {"sequence_fwd_kernel": T * phases, "sequence_bwd_kernel": T * (phases + 1)}
     assert launches.by_kernel == {"sequence_fwd_kernel": 1, "sequence_bwd_kernel": 1}
     assert launches.grids == {"sequence_fwd_kernel": {grid}, "sequence_bwd_kernel": {grid}}
@@ -259,7 +265,7 @@ def _w_hh_bytes_read(plan, steps: int, device) -> tuple[int, int]:
         with bytes_loaded_from(w_hh) as forward:
             out = K.sequence_forward(layer["xp"], w_hh, None, None, layer["h0"], layer["c0"], layer["lengths"],
                                      K.LSTM, False, True, plan)
-        y, h_n, c_n, ws, cs, _ = out
+        y, h_n, c_n, ws, cs, *_ = out
         with bytes_loaded_from(w_hh) as backward:
             K.sequence_backward(torch.ones_like(y), torch.ones_like(h_n), torch.ones_like(c_n), w_hh, None,
                                 layer["h0"], layer["c0"], layer["lengths"], y, ws, cs, K.LSTM, False, plan)
