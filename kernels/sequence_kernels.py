@@ -50,7 +50,11 @@ those that share their heads (GROUP; none when a program owns whole heads).
 CELL: 0 LSTM (gates i, f, g, o), 1 GRU (r, z, n), 2 RNN tanh, 3 RNN relu,
 4 sLSTM (i, f, z, o; owned states c, n and the stabiliser m). IndRNN is the RNN
 with one-unit heads. ZONEOUT blends each unit's new h with its previous one
-(haste's zoneout). The device functions live in ``sequence_tiles``.
+(haste's zoneout). LN normalises each row's recurrent product (and the LSTM's
+c) as haste's LayerNorm LSTM and GRU: the row spans every slice of a tile, so
+each program writes its blocks' partial statistics and the tile meets before
+normalising (two more barriers a step for the LSTM, one for the GRU). The
+device functions live in ``sequence_tiles``.
 """
 
 import functools
@@ -81,13 +85,17 @@ from .sequence_tiles import (
     BROKEN,
     _at,
     _block_moments,
+    _carried_dh,
     _gains,
     _gate_products,
     _gate_rows,
+    _get_stats,
     _head_span,
     _keep_factor,
     _load_gates,
     _matmul_block,
+    _normalised_c,
+    _normalised_products,
     _own_tile,
     _previous_h,
     _program_columns,
@@ -96,10 +104,6 @@ from .sequence_tiles import (
     _put_own_tile,
     _put_partials,
     _put_stats,
-    _carried_dh,
-    _get_stats,
-    _normalised_c,
-    _normalised_products,
     _resident_tile,
     _row_moments,
     _row_sums,

@@ -271,3 +271,27 @@ def test_heads_shrink_what_a_program_reads_and_keeps():
         sequence_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, dense) / 4
     # whole heads of 48 per program: 96 units (lcm with the 32-wide blocks) and twice, 4 and 8 times that
     assert slice_choices(768, 0, 32, head_dim=48) == sorted(set(slice_choices(768, 0, 32)) | {8, 4, 2, 1})
+
+
+def test_layer_norm_modes_count_their_barriers_and_take_the_sequence_kernels():
+    """haste's LayerNorm cells (modes LN_LSTM, LN_GRU): three and two barriers a step where programs meet (each
+    1 us in the model), forward and backward; the LayerNorm LSTM's backward reads W_hh even when resident; with
+    one program a row, each phase pays the step's chain; the path is always the sequence kernels."""
+    assert [dispatch.meetings_per_step(m, 0) for m in ("LSTM", "GRU", "LN_LSTM", "LN_GRU")] == [1, 1, 3, 2]
+    assert dispatch.meetings_per_step("LSTM", 8) == 2
+    resident = sequence_plan("LN_LSTM", 16, 768, 0, torch.bfloat16)
+    assert resident.resident and resident.meeting > 1
+    for mode, extra in (("LSTM", 2), ("GRU", 1)):
+        plain = sequence_step_seconds(mode, 16, 768, 0, torch.bfloat16, resident)
+        normed = sequence_step_seconds("LN_" + mode, 16, 768, 0, torch.bfloat16, resident)
+        assert normed - plain == pytest.approx(extra * dispatch.BARRIER_S)
+    w_reads = 4 * 768 * 16 * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM  # its columns of W_hh, streamed backward
+    assert (dispatch.backward_step_seconds("LN_LSTM", 16, 768, 0, torch.bfloat16, resident)
+            - dispatch.backward_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, resident)
+            == pytest.approx(2 * dispatch.BARRIER_S + w_reads))
+    one = make_plan(16, 768, torch.bfloat16, 1, 132, True)
+    assert (sequence_step_seconds("LN_LSTM", 16, 768, 0, torch.bfloat16, one)
+            - sequence_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, one)
+            == pytest.approx(2 * dispatch.STEP_LATENCY_S))
+    assert choose_path("LN_GRU", 4096, 0, torch.float64) == "sequence"
+    assert "stepwise" not in predicted_steps("LN_LSTM", 64, 512, 0, torch.bfloat16)

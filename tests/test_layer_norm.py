@@ -13,12 +13,12 @@ import math
 import pytest
 import torch
 from conftest import fused_path_only
+from fused_rnn.kernels.launch import poison_outputs
 from helpers import assert_close
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 from fused_rnn import backend, reference
-from fused_rnn.kernels.launch import poison_outputs
 from fused_rnn.layers import zoneout_keep
 
 T, B, I, H = 5, 17, 6, 40
@@ -152,8 +152,9 @@ def _randomised(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _run(module, x, kernels: bool, plan: dict):
-    """Outputs and every gradient of two-layer packed input, on the kernels or on the plain-torch loop."""
-    with pytest.MonkeyPatch.context() as m, fused_rnn.force_path("sequence", **plan):
+    """Outputs and every gradient of two-layer packed input, on the kernels (outputs poisoned with NaN first) or on
+    the plain-torch loop."""
+    with pytest.MonkeyPatch.context() as m, fused_rnn.force_path("sequence", **plan), poison_outputs():
         if not kernels:
             m.setattr(backend, "interpreting", lambda: False)
         torch.manual_seed(4)
@@ -167,7 +168,7 @@ def _run(module, x, kernels: bool, plan: dict):
 def test_layers_directions_and_packed_input_against_the_reference_loop(cell, plan, device):
     """Two bidirectional layers, batch_first, packed input of unequal lengths, zoneout in training: the kernels
     against the plain-torch loop (``reference.sequence``, which runs where no kernel does), same masks, every
-    output and gradient (fp64)."""
+    output and gradient (fp64); padding read anywhere would show as NaN."""
     if device != "cpu":
         pytest.skip("the plain-torch loop runs where no kernel does: the CPU")
     torch.manual_seed(3)

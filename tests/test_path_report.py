@@ -68,3 +68,17 @@ def test_heads_and_the_slstm(device, monkeypatch):
     assert "8 programs meet per head" in fused_rnn.explain(split, torch.randn(3, 16, 4, device=device))
     monkeypatch.setattr(path_report, "interpreting", lambda: False)
     assert "plain-torch loop" in fused_rnn.explain(layer, torch.randn(3, 16, 4))
+
+
+def test_layer_norm_layers(device, monkeypatch):
+    """haste's LayerNorm layers explain their plan with their barriers a step (three for the LSTM where programs
+    meet, none with one program a row), never the stepwise path; where no kernel runs, a plain-torch loop."""
+    lstm = fused_rnn.LayerNormLSTM(4, 768, device="meta")
+    text = fused_rnn.explain(lstm, torch.randn(3, 16, 4, device=device))
+    assert "Triton sequence kernel" in text and "layer normalisation: 3 barriers a step" in text, text
+    assert "stepwise" not in text, text
+    gru = fused_rnn.LayerNormGRU(4, 768, device="meta")
+    with fused_rnn.force_path(None, slices=1):
+        assert "no barrier (one program a row)" in fused_rnn.explain(gru, torch.randn(3, 16, 4, device=device))
+    monkeypatch.setattr(path_report, "interpreting", lambda: False)
+    assert "plain-torch loop" in fused_rnn.explain(gru, torch.randn(3, 16, 4))
