@@ -7,7 +7,9 @@ The two forms run the same per-step code, so they compute the same sums in the
 same order; a missing or broken barrier (an arrival count, the ping-pong
 parity, memory ordering) makes the one-launch results differ. For each cell
 (LSTM, LSTM with a projection, GRU, RNN tanh and relu), batch B in {1, 16, 64,
-256} and hidden H in {256, 768, 2048} (bf16; LSTM also fp32 with TF32), T = 8
+256} and hidden H in {256, 768, 2048} (bf16; LSTM also fp32 with TF32; haste's
+LayerNorm LSTM and GRU at B in {16, 64}, H = 768, their three and two barriers
+a step), T = 8
 with lengths spread over [1, T], every other case with both directions of a
 bidirectional layer in one launch (the second in reverse): the forward's outputs
 (y, h_n, c_n, saved gates and cell states, m) and the backward's (gate
@@ -46,12 +48,16 @@ T = 8
 # Interpreter only: each store of the last hidden slice of a batch tile waits this long, so that slice always
 # arrives last at the barrier (as in the unit test, tests/kernels/test_sequence_kernels.py).
 STRAGGLER_S = 0.02
-CELLS = {"lstm": (K.LSTM, False), "lstm_proj": (K.LSTM, True), "gru": (K.GRU, False), "rnn_tanh": (K.RNN_TANH, False),
-         "rnn_relu": (K.RNN_RELU, False)}
+# name: (cell, projection, layer normalisation)
+CELLS = {"lstm": (K.LSTM, False, False), "lstm_proj": (K.LSTM, True, False), "gru": (K.GRU, False, False),
+         "rnn_tanh": (K.RNN_TANH, False, False), "rnn_relu": (K.RNN_RELU, False, False),
+         "ln_lstm": (K.LSTM, False, True), "ln_gru": (K.GRU, False, True)}
 
 
-def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, device, directions: int) -> dict:
-    """The launchers' inputs, stacked over ``directions`` (xp and dy side by side)."""
+def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, device, directions: int,
+            layer_norm: bool = False) -> dict:
+    """The launchers' inputs, stacked over ``directions`` (xp and dy side by side); ``layer_norm``: the
+    normalisation's gains (and the LSTM's c bias)."""
     torch.manual_seed(batch * 7 + hidden + cell)
     R, D = hidden // 2 if proj else hidden, directions
     G = K.GATES[cell] * hidden
@@ -67,16 +73,17 @@ def _inputs(cell: int, proj: bool, batch: int, hidden: int, dtype: torch.dtype, 
         w_hr=randn(D, R, hidden, scale=hidden**-0.5) if proj else None,
         h0=randn(D, batch, R), c0=randn(D, batch, hidden) if cell == K.LSTM else None, lengths=lengths,
         dy=randn(T, batch, D * R), dh_n=randn(D, batch, R), dc_n=randn(D, batch, hidden) if cell == K.LSTM else None,
+        ln=1.0 + randn(D, G + (2 * hidden if cell == K.LSTM else 0), scale=0.3) if layer_norm else None,
     )
 
 
 def _run(a: dict, cell: int, reverse: bool, plan) -> tuple[list[torch.Tensor], dict]:
     with count_launches() as launches, poison_outputs():
-        y, h_n, c_n, ws, cs, ms, _ = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"], a["c0"],
-                                                     a["lengths"], cell, reverse, True, plan)
+        y, h_n, c_n, ws, cs, ms, ns = K.sequence_forward(a["xp"], a["w_hh"], a["b_hn"], a["w_hr"], a["h0"],
+                                                         a["c0"], a["lengths"], cell, reverse, True, plan, ln=a["ln"])
         grads = K.sequence_backward(a["dy"], a["dh_n"], a["dc_n"], a["w_hh"], a["w_hr"], a["h0"], a["c0"],
-                                    a["lengths"], y, ws, cs, cell, reverse, plan)
-    return [y, h_n, c_n, ws, cs, ms, *grads], dict(launches.by_kernel)
+                                    a["lengths"], y, ws, cs, cell, reverse, plan, ln=a["ln"], ns=ns)
+    return [y, h_n, c_n, ws, cs, ms, ns, *grads], dict(launches.by_kernel)
 
 
 def _slices(mode: str, batch: int, hidden: int, proj: int, dtype: torch.dtype, sms: int, directions: int) -> int:
@@ -104,9 +111,9 @@ def check(name: str, dtype: torch.dtype, batch: int, hidden: int, directions: in
           one=None) -> bool:
     """``name``'s forms bitwise equal in ``directions`` directions (2: both in one launch, the second in
     reverse); ``one`` the one-launch plan (default: the streaming one of ``_slices``)."""
-    cell, proj = CELLS[name]
-    a = _inputs(cell, proj, batch, hidden, dtype, device, directions)
-    mode = name.removesuffix("_proj").upper()
+    cell, proj, layer_norm = CELLS[name]
+    a = _inputs(cell, proj, batch, hidden, dtype, device, directions, layer_norm)
+    mode = _mode(name)
     reverse = False
     if one is None:
         slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms, directions)
@@ -132,6 +139,11 @@ def check(name: str, dtype: torch.dtype, batch: int, hidden: int, directions: in
     return verdict == "ok"
 
 
+def _mode(name: str) -> str:
+    """The dispatcher's mode of a case's cell (haste's LayerNorm cells: "LN_LSTM", "LN_GRU")."""
+    return name.removesuffix("_proj").upper()
+
+
 @contextlib.contextmanager
 def concurrent():
     """One thread per program in Triton's interpreter (the CPU rehearsal), the last slice of each batch tile
@@ -150,17 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not interpreting() else "cpu")
     sms, shared = device_sms(device), device_shared(device)
     batches, hiddens = ((19,), (40,)) if args.quick else ((1, 16, 64, 256), (256, 768, 2048))
-    cases = [(name, torch.bfloat16) for name in CELLS] + ([] if args.quick else [("lstm", torch.float32)])
+    # the LayerNorm cells at two batches of H = 768 on the GPU (the unit tests run their barriers in the interpreter)
+    cases = [(name, torch.bfloat16) for name in CELLS if not CELLS[name][2]]
+    cases += [] if args.quick else [("lstm", torch.float32), ("ln_lstm", torch.bfloat16), ("ln_gru", torch.bfloat16)]
     if interpreting():
         print(f"interpreter: the one launch runs one thread per program, each store of the last hidden slice of "
               f"a batch tile {STRAGGLER_S} s late", flush=True)
     ok, total = 0, 0
     for i, (name, dtype) in enumerate(cases):
-        for batch in batches:
-            for hidden in hiddens:
+        normalised = CELLS[name][2]
+        for batch in (16, 64) if normalised else batches:
+            for hidden in (768,) if normalised else hiddens:
                 total += 1
                 ok += check(name, dtype, batch, hidden, 1 + i % 2, device=device, sms=sms)
-                mode = name.upper()
+                mode = _mode(name)
                 directions = 2 - i % 2
                 projected = CELLS[name][1]
                 resident = None if projected else resident_plan(mode, batch, hidden, dtype, sms, shared, directions)
