@@ -1,4 +1,4 @@
-"""haste's LayerNorm LSTM and GRU as torch.nn-style modules on the fused sequence kernels.
+"""haste's LayerNorm LSTM, GRU and IndRNN as torch.nn-style modules on the fused sequence kernels.
 
 ``LayerNormLSTM`` and ``LayerNormGRU`` are fused_rnn's LSTM and GRU (torch.nn's
 contract: constructor arguments, input projection inside, batch_first, layers,
@@ -21,8 +21,10 @@ G = 4H (LSTM, gates i, f, g, o) or 3H (GRU, r, z, n), each normalised over its
 whole G values (biased variance, eps 1e-5, no bias of their own): LSTM pre =
 LN(x W_ih^T) g_ih + LN(h W_hh^T) g_hh + b_ih + b_hh; GRU: the input side
 LN(x W_ih^T) g_ih + b_ih, the hidden side LN(h W_hh^T) g_hh + b_hh (b_hn inside
-r * (...), as torch.nn's GRU). ``load_haste_state_dict`` loads a haste layer's
-parameters. Initialisation: torch.nn's for the weights and biases, gains 1,
+r * (...), as torch.nn's GRU). ``LayerNormIndRNN`` is fused_rnn's IndRNN with the
+input product normalised (haste's: only ``gamma[0]`` is used; its ``gamma[1]``
+reaches no computation in haste either), so its kernel is the IndRNN's, with no
+barrier. ``load_haste_state_dict`` loads a haste layer's parameters. Initialisation: torch.nn's for the weights and biases, gains 1,
 c's bias 0. torch.nn has no such layers: where no Triton kernel runs they run
 a plain-torch loop (``reference.sequence``) with the same results.
 """
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import GRU, LSTM, _load_haste, fused_forward
+from .multihead import IndRNN
 from .path_report import log_call
 
 
@@ -41,6 +44,7 @@ class _LayerNorm:
     over to torch.nn (which has no such layer)."""
 
     layer_norm = True
+    recurrent_norm = True  # the recurrent product (and the LSTM's c) normalised too, inside the time loop
 
     def _add_layer_norm(self) -> None:
         if self.proj_size > 0:
@@ -50,6 +54,8 @@ class _LayerNorm:
         for layer in range(self.num_layers):
             for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
                 self.register_parameter(f"ln_weight_ih_l{layer}{suffix}", nn.Parameter(like.new_ones(gates)))
+                if not self.recurrent_norm:
+                    continue
                 self.register_parameter(f"ln_weight_hh_l{layer}{suffix}", nn.Parameter(like.new_ones(gates)))
                 if self.mode == "LSTM":
                     self.register_parameter(f"ln_weight_c_l{layer}{suffix}", nn.Parameter(like.new_ones(hidden)))
@@ -64,11 +70,14 @@ class _LayerNorm:
                 elif name.startswith("ln_bias"):
                     param.zero_()
 
-    def layer_norm_weights(self, index: int) -> tuple[Tensor, Tensor]:
+    def layer_norm_weights(self, index: int) -> tuple[Tensor, Tensor | None]:
         """Layer-direction ``index``'s (layer * directions + direction) gain of the input product (G,) and the
-        kernels' ``ln`` vector: the recurrent product's gain (G,), then for the LSTM c's gain and bias (H each)."""
+        kernels' ``ln`` vector: the recurrent product's gain (G,), then for the LSTM c's gain and bias (H each);
+        None when only the input product is normalised (the IndRNN)."""
         dirs = 2 if self.bidirectional else 1
         suffix = f"l{index // dirs}" + ("_reverse" if index % dirs else "")
+        if not self.recurrent_norm:
+            return getattr(self, f"ln_weight_ih_{suffix}"), None
         own = [getattr(self, f"ln_weight_hh_{suffix}")]
         if self.mode == "LSTM":
             own += [getattr(self, f"ln_weight_c_{suffix}"), getattr(self, f"ln_bias_c_{suffix}")]
@@ -119,4 +128,22 @@ class LayerNormGRU(_LayerNorm, GRU):
                                              "ln_weight_ih_l0": "gamma_ih", "ln_weight_hh_l0": "gamma_hh"})
 
 
-__all__ = ["LayerNormGRU", "LayerNormLSTM"]
+class LayerNormIndRNN(_LayerNorm, IndRNN):
+    """haste's ``LayerNormIndRNN``: fused_rnn's ``IndRNN`` (torch.nn.RNN's contract, one-unit heads, no barrier)
+    on LN(x W_ih^T; g_ih) + b_ih + b_hh; the gain is ``ln_weight_ih_l{k}`` (H,)."""
+
+    recurrent_norm = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_layer_norm()
+
+    def load_haste_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a haste ``LayerNormIndRNN``'s parameters: the IndRNN's (``IndRNN.load_haste_state_dict``) and the
+        input gain ``gamma[0]`` (haste's ``gamma[1]`` is unused by haste itself)."""
+        super().load_haste_state_dict(state)
+        with torch.no_grad():
+            self.ln_weight_ih_l0.copy_(state["gamma"][0])
+
+
+__all__ = ["LayerNormGRU", "LayerNormIndRNN", "LayerNormLSTM"]

@@ -98,7 +98,8 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             ln = None
             if norm:  # the op takes the normalised input products (the directions side by side) as its x
                 x = torch.cat([_normalised_input(x, w[0], g[0]) for w, g in zip(directions, lns)], dim=-1)
-                w_ih, ln = None, _stacked([g[1] for g in lns])
+                w_ih = None
+                ln = _stacked([g[1] for g in lns]) if lns[0][1] is not None else None  # None: the input only
             inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[rows], None if c0 is None else c0[rows])
             save = _differentiated(*inputs, ln)  # else the gates are not written
             x, h, c, *_ = sequence_ops.sequence(*inputs, lengths, cell, False, save, False, keep, ln)

@@ -39,6 +39,12 @@ def _batch(module: nn.RNNBase, input: Tensor | PackedSequence) -> int:
     return input.shape[0] if module.batch_first else input.shape[1]
 
 
+def planned_mode(module: nn.RNNBase) -> str:
+    """The dispatcher's mode of a layer: torch.nn's, or "LN_" + it where the recurrent product is normalised
+    inside the time loop (haste's LayerNorm LSTM and GRU; the LayerNorm IndRNN normalises its input only)."""
+    return ("LN_" if getattr(module, "recurrent_norm", False) else "") + module.mode
+
+
 def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
     """One line per layer (or one for a cell): the implementation a call on ``input`` runs, and why."""
     x = input.data if isinstance(input, PackedSequence) else input
@@ -51,8 +57,7 @@ def explain(module: nn.Module, input: Tensor | PackedSequence) -> str:
         return f"{name}: torch.nn's own implementation (torch fallback): {fallback}"
     if not isinstance(module, nn.RNNBase):
         return f"{name}: Triton cell kernel (one fused launch per step and direction of autograd)"
-    mode = ("LN_" if getattr(module, "layer_norm", False) else "") + module.mode
-    path, why = explain_path(mode, module.hidden_size, module.proj_size, x.dtype,
+    path, why = explain_path(planned_mode(module), module.hidden_size, module.proj_size, x.dtype,
                              _batch(module, input), device_sms(x.device), concurrent=x.device.type == "cuda",
                              shared=device_shared(x.device), directions=2 if module.bidirectional else 1,
                              head_dim=module.hidden_size // module.num_heads if getattr(module, "num_heads", 1) > 1

@@ -311,3 +311,18 @@ def haste_layer_norm_gru(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_kernel
         new = z * h[t] + (1 - z) * torch.tanh(xg + r * hg)
         h.append(_haste_zoneout(new, h[t], zoneout, None if zoneout_mask is None else zoneout_mask[t], training))
     return torch.stack(h)
+
+
+def haste_layer_norm_indrnn(x: Tensor, h0: Tensor, kernel: Tensor, recurrent_scale: Tensor, bias: Tensor,
+                            gamma: Tensor, zoneout: float = 0.0, zoneout_mask: Tensor | None = None,
+                            training: bool = False) -> Tensor:
+    """haste's LayerNorm IndRNN over time, as its PyTorch fallback computes it (``frameworks/pytorch/
+    layer_norm_indrnn.py``, ``LayerNormIndRNNScript``): the IndRNN (``haste_indrnn``) on the normalised input
+    product, Wx = LN(x kernel) gamma[0] + bias over its H values (gamma (2, H); gamma[1] is unused, in haste's CUDA
+    code too). Returns every h (T + 1, B, H), h0 first."""
+    h = [h0]
+    wx = F.layer_norm(x @ kernel, (kernel.shape[1],), weight=gamma[0], eps=LN_EPS) + bias
+    for t in range(x.shape[0]):
+        h.append(_haste_zoneout(torch.tanh(wx[t] + h[t] * recurrent_scale), h[t], zoneout,
+                                None if zoneout_mask is None else zoneout_mask[t], training))
+    return torch.stack(h)

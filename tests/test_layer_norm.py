@@ -1,8 +1,8 @@
-"""haste's LayerNorm LSTM and GRU (fused_rnn/layer_norm.py) on the sequence kernels' layer normalisation.
+"""haste's LayerNorm LSTM, GRU and IndRNN (fused_rnn/layer_norm.py) on the sequence kernels' layer normalisation.
 
 The oracle is haste's own PyTorch code written out in ``fused_rnn/reference.py`` (``haste_layer_norm_lstm``,
-``haste_layer_norm_gru``, from haste's ``frameworks/pytorch/layer_norm_*.py``), itself checked on a hand-computed
-step. Shapes cross the tiles: 17 rows (two batch tiles of 16), 40 units (three blocks of 16, the last partial)
+``haste_layer_norm_gru``, ``haste_layer_norm_indrnn``, from haste's ``frameworks/pytorch/layer_norm_*.py``),
+itself checked on hand-computed steps. Shapes cross the tiles: 17 rows (two batch tiles of 16), 40 units (three blocks of 16, the last partial)
 split over one program and over three (whose row statistics then meet across programs), streamed and resident.
 """
 
@@ -23,7 +23,7 @@ from fused_rnn.layers import zoneout_keep
 
 T, B, I, H = 5, 17, 6, 40
 LENGTHS = torch.tensor([5, 1, 3, 2] * 4 + [4])
-MODULES = {"lstm": fused_rnn.LayerNormLSTM, "gru": fused_rnn.LayerNormGRU}
+MODULES = {"lstm": fused_rnn.LayerNormLSTM, "gru": fused_rnn.LayerNormGRU, "indrnn": fused_rnn.LayerNormIndRNN}
 PLANS = {"one-slice": {"slices": 1}, "three-slices": {"slices": 3}, "resident": {"resident": True}}
 
 
@@ -67,15 +67,23 @@ def test_haste_layer_norm_references_on_a_hand_computed_step():
     new = z * 0.5 + (1 - z) * math.tanh(wx[2] + r * rh[2])
     got = reference.haste_layer_norm_gru(t([[[1.0]]]), t([[0.5]]), t(kernel), t(rk), t(bias), t(rbias), t(gamma))
     torch.testing.assert_close(got[1, 0, 0], t(new))
+    kernel, u, bias, gamma = [[0.2, -0.4]], [0.5, -0.25], [0.1, 0.3], [[1.5, 0.5], [9.0, 9.0]]  # gamma[1] unused
+    wx = [a + b for a, b in zip(_layer_norm([0.2, -0.4], gamma[0]), bias, strict=True)]
+    new = [math.tanh(wx[k] + u[k] * h) for k, h in enumerate([0.5, -1.0])]
+    got = reference.haste_layer_norm_indrnn(t([[[1.0]]]), t([[0.5, -1.0]]), t(kernel), t(u), t(bias), t(gamma))
+    torch.testing.assert_close(got[1, 0], t(new))
 
 
 def _haste(cell: str, g: torch.Generator) -> dict[str, torch.Tensor]:
     """A haste layer's parameters, haste's names and layout, gains and c's bias away from their initial values."""
-    gates = 4 if cell == "lstm" else 3
+    gates = {"lstm": 4, "gru": 3, "indrnn": 1}[cell]
 
     def randn(*shape, scale=0.4, mean=0.0):
         return torch.randn(*shape, generator=g, dtype=torch.float64) * scale + mean
 
+    if cell == "indrnn":
+        return {"kernel": randn(I, H), "recurrent_scale": randn(H), "bias": randn(H),
+                "gamma": randn(2, H, scale=0.3, mean=1.0)}
     state = {"kernel": randn(I, gates * H), "recurrent_kernel": randn(H, gates * H), "bias": randn(gates * H),
              "gamma": randn(2, gates * H, scale=0.3, mean=1.0)}
     if cell == "lstm":
@@ -92,8 +100,12 @@ def _haste_run(cell: str, state: dict, x, h0, c0, zoneout: float, mask, training
                                                state["gamma"], state["gamma_h"], state["beta_h"], zoneout, mask,
                                                training)
         return h[1:], h[-1], c[-1]
-    h = reference.haste_layer_norm_gru(x, h0, state["kernel"], state["recurrent_kernel"], state["bias"],
-                                       state["recurrent_bias"], state["gamma"], zoneout, mask, training)
+    if cell == "gru":
+        h = reference.haste_layer_norm_gru(x, h0, state["kernel"], state["recurrent_kernel"], state["bias"],
+                                           state["recurrent_bias"], state["gamma"], zoneout, mask, training)
+    else:
+        h = reference.haste_layer_norm_indrnn(x, h0, state["kernel"], state["recurrent_scale"], state["bias"],
+                                              state["gamma"], zoneout, mask, training)
     return h[1:], h[-1]
 
 
@@ -136,7 +148,7 @@ def test_haste_weights_equal_haste(cell, training, plan, device):
     mapped = MODULES[cell](I, H, dtype=torch.float64, device=device)
     mapped.load_haste_state_dict(dict(zip(leaves, want[len(wrt):], strict=True)))
     for (name, expected), grad in zip(mapped.named_parameters(), got[len(wrt):], strict=True):
-        if name == "bias_hh_l0" and cell == "lstm":  # haste has one bias; ours are two, summed
+        if name == "bias_hh_l0" and cell != "gru":  # haste has one bias; ours are two, summed
             expected = mapped.bias_ih_l0
         assert_close(grad, expected, torch.float64, f"{cell} d{name}")
 
@@ -204,12 +216,13 @@ def test_barriers_per_step_from_the_launches(cell, device):
     """The step's phases, counted where the kernel boundaries are the barriers (the interpreter runs a plan whose
     programs meet one step and phase per launch): three a step for the LSTM forward and four backward (LN(c)'s
     row statistics, then the products' and the carry), two and three for the GRU; one launch each way when one
-    program owns every unit of its rows (no barrier)."""
+    program owns every unit of its rows (no barrier), and always for the IndRNN (its input is normalised before
+    the loop; its programs own whole one-unit heads)."""
     if device != "cpu":
         pytest.skip("on a GPU a plan whose programs meet is one cooperative launch")
     module = MODULES[cell](I, H, dtype=torch.float64)
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    phases = {"lstm": (3, 4), "gru": (2, 3)}[cell]
+    phases = {"lstm": (3, 4), "gru": (2, 3), "indrnn": None}[cell]
     for slices, per_step in ((3, phases), (1, None)):
         with fused_rnn.force_path("sequence", slices=slices), fused_path_only() as launches:
             y, _ = module(x)
@@ -269,6 +282,9 @@ def test_initialisation_and_what_it_rejects():
     assert lstm.ln_weight_c_l1_reverse.shape == (H,) and lstm.ln_weight_hh_l1_reverse.shape == (4 * H,)
     assert torch.all(lstm.bias_ih_l1[H : 2 * H] == 1.0)
     assert not any(n.startswith("ln_weight_c") for n, _ in fused_rnn.LayerNormGRU(I, H).named_parameters())
+    indrnn = fused_rnn.LayerNormIndRNN(I, H)
+    assert [n for n, _ in indrnn.named_parameters() if n.startswith("ln_")] == ["ln_weight_ih_l0"]
+    assert torch.all(indrnn.ln_weight_ih_l0 == 1.0) and indrnn.weight_hh_l0.shape == (H, 1)
     with pytest.raises(ValueError, match="proj_size"):
         fused_rnn.LayerNormLSTM(I, H, proj_size=4)
     with pytest.raises(ValueError, match="one layer"):

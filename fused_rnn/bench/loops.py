@@ -1,7 +1,7 @@
 """haste's cells against the PyTorch loop a user would otherwise write: ``python -m fused_rnn.bench.loops``.
 
-For each cell torch.nn lacks (IndRNN; LSTM and GRU with zoneout; haste's LayerNorm LSTM and GRU; the sLSTM and
-a multi-head LSTM) it times fused-rnn's layer against the same layer computed by a Python loop over time of plain
+For each cell torch.nn lacks (IndRNN; LSTM and GRU with zoneout; haste's LayerNorm LSTM, GRU and IndRNN; the
+sLSTM and a multi-head LSTM) it times fused-rnn's layer against the same layer computed by a Python loop over time of plain
 torch ops (haste's own PyTorch fallback for IndRNN, LSTM, GRU and the LayerNorm cells, ``fused_rnn.reference``;
 the reference loop for the others), and, where cuDNN has a close relative (the LSTM and GRU without zoneout or
 layer normalisation), torch.nn on cuDNN: the cost of the regulariser or of the normalisations. Each row also records the structural facts: Triton launches per call and the barriers per step
@@ -24,7 +24,8 @@ from ..kernels.launch import interpreting
 from .cli import restart_in_interpreter
 from .timing import measure
 
-CELLS = ("indrnn", "lstm_zoneout", "gru_zoneout", "layer_norm_lstm", "layer_norm_gru", "slstm", "multihead_lstm")
+CELLS = ("indrnn", "lstm_zoneout", "gru_zoneout", "layer_norm_lstm", "layer_norm_gru", "layer_norm_indrnn", "slstm",
+         "multihead_lstm")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -47,6 +48,7 @@ def _layer(cell: str, size: int, dtype: torch.dtype, device) -> torch.nn.Module:
             "gru_zoneout": lambda: fused_rnn.GRU(size, size, zoneout=0.1),
             "layer_norm_lstm": lambda: fused_rnn.LayerNormLSTM(size, size),
             "layer_norm_gru": lambda: fused_rnn.LayerNormGRU(size, size),
+            "layer_norm_indrnn": lambda: fused_rnn.LayerNormIndRNN(size, size),
             "slstm": lambda: fused_rnn.sLSTM(size, size, num_heads=4),
             "multihead_lstm": lambda: fused_rnn.MultiHeadLSTM(size, size, num_heads=4)}[cell]
     return make().to(device, dtype)
@@ -98,6 +100,7 @@ def _step(fn: Callable, x: torch.Tensor, params: list[torch.Tensor], mode: str) 
 def run(args: argparse.Namespace) -> list[Row]:
     import fused_rnn
     from fused_rnn.dispatch import meetings_per_step, sequence_plan
+    from fused_rnn.path_report import planned_mode
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     divisor = 8 if device.type == "cpu" and not args.no_scale else 1
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         module = _layer(cell, size, dtype, device)
         x = torch.randn(seq, batch, size, device=device, dtype=dtype)
         heads = getattr(module, "num_heads", 1)
-        planned = ("LN_" if getattr(module, "layer_norm", False) else "") + module.mode  # the dispatcher's mode
+        planned = planned_mode(module)
         plan = sequence_plan(planned, batch, size, 0, dtype, head_dim=size // heads if heads > 1 else 0)
         barriers = meetings_per_step(planned, 0) if plan.meeting > 1 else 0
         candidates = {"fused_rnn": module, "torch loop": _loop(module)}
