@@ -501,6 +501,7 @@ def sequence_bwd_kernel(
             e_sum, e_c_sum = _row_sums(part, rows, rmask, NB, 1, ACC)
         if LN:  # the step's statistics, loaded where each phase needs them (registers live through fewer phases)
             mean_q, rstd_q = _get_stats(ns, tb, NW, 4 * H, rmask, ACC)
+        if LN_C:
             mean_c, rstd_c = _get_stats(ns, tb, NW, 4 * H + 2, rmask, ACC)
         if HAS_PROJ:
             # Phase P: the gradient of this step's h (R columns); the carry of an inactive row passes through.
