@@ -260,7 +260,7 @@ def test_double_backward_equals_the_reference_loops(device):
 
 def test_compiles_autocasts_and_round_trips(device):
     """torch.compile(fullgraph=True) equals eager; under bf16 autocast the LSTM returns bf16 within the bf16 bound
-    of its fp32 result; the state_dict holds the gains under their names and loads back."""
+    of its fp32 result; unbatched input; the state_dict holds the gains under their names and loads back."""
     torch.manual_seed(9)
     module = _randomised(fused_rnn.LayerNormGRU(I, 32, device=device))
     x = torch.randn(T, 3, I, device=device)
@@ -273,6 +273,9 @@ def test_compiles_autocasts_and_round_trips(device):
         low, _ = lstm(x)
     assert low.dtype == torch.bfloat16
     assert_close(low.float(), lstm(x)[0].double(), torch.bfloat16, "LayerNormLSTM under autocast")
+    unbatched, h = module(x[:, 1])  # torch.nn's unbatched input: (T, I) and a (1, H) state
+    torch.testing.assert_close(unbatched, module(x)[0][:, 1])
+    assert h.shape == (1, 32)
     state = module.state_dict()
     assert {"ln_weight_ih_l0", "ln_weight_hh_l0"} <= state.keys()
     fresh = fused_rnn.LayerNormGRU(I, 32, device=device)
