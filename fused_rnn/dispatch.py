@@ -44,7 +44,7 @@ import torch
 import triton
 
 from .kernels.launch import SequencePlan, meeting_programs, sequence_blocks, tf32_products
-from .kernels.sequence_kernels import reduction_span
+from .kernels.sequence_kernels import LN_LSTM_BACKWARD_KP, reduction_span
 
 # Modes: torch.nn's, the sLSTM, and haste's LayerNorm LSTM and GRU ("LN_" + the cell's).
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "SLSTM": 4, "LN_LSTM": 4, "LN_GRU": 3}
@@ -200,8 +200,9 @@ def backward_step_seconds(mode: str, batch: int, hidden_size: int, proj_size: in
     gates = GATES[mode]
     cols_r = min(plan.columns(state), state)
     reduce = min(hidden_size, max(cols_r, reduction_width(state, head_dim, plan.blocks.block_h)))
-    # the LayerNorm LSTM's backward streams W_hh under any plan (kernels/sequence_kernels.py)
-    stationary = plan.resident and plan.one_launch and mode != "LN_LSTM"
+    # the LayerNorm LSTM's backward streams W_hh where its resident form would spill (kernels/sequence_kernels.py)
+    wide = mode == "LN_LSTM" and triton.next_power_of_2(hidden_size) > LN_LSTM_BACKWARD_KP
+    stationary = plan.resident and plan.one_launch and not wide
     weights = 0 if stationary else gates * (head_dim or hidden_size) * cols_r
     reads = plan.blocks.block_b * gates * reduce * dtype.itemsize + weights * dtype.itemsize
     tiles, slices = plan.grid(batch)

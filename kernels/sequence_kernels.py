@@ -700,6 +700,12 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, plan: SequencePlan) -> d
     return meta
 
 
+# The widest resident reduction (KP) of the LayerNorm LSTM's backward: at KP = 1024 its one-launch form (three
+# phases, W_hh's four gate blocks on chip) spilled 8-16 B on sm_80 and sm_90 at 255 registers; up to 512 it
+# compiles without spills (docs/compile-report.md). Wider, that backward streams W_hh; its forward stays resident.
+LN_LSTM_BACKWARD_KP = 512
+
+
 # Spins of one barrier wait before it gives up (a stalled launch, reported as an error, never a hang): about
 # seconds on a GPU, where a step takes microseconds. Tests that run barriers in the interpreter lower it.
 SPIN_LIMIT = 1 << 22
@@ -956,10 +962,11 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     span = reduction_span(R, HD, plan.blocks.block_h) if HD < R else H
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
-        # The LayerNorm LSTM's backward streams W_hh even under a weight-stationary plan: with its three phases
-        # and resident W it spilled on sm_80 (compile report); its forward keeps W on chip.
+        kp = _resident_width(plan, H, span)
+        if norm and cell == LSTM and kp > LN_LSTM_BACKWARD_KP:  # it would spill: stream W_hh (the forward keeps it)
+            kp = 0
         meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout, LN=norm,
-                    STATE_GRADS=dcs is not None, KP=0 if norm and cell == LSTM else _resident_width(plan, H, span))
+                    STATE_GRADS=dcs is not None, KP=kp)
         head = (
             _part(dy, d, R), _or_dummy(_part(dcs, d), y), _keep_part(keep, d, H, y), _part(w_hh, d), _or_dummy(_part(w_hr, d), y),
             _or_dummy(_part(h0, d), y), _or_dummy(_part(c0, d), y), lengths, _part(y, d, R),

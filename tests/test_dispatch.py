@@ -277,6 +277,10 @@ def test_layer_norm_modes_count_their_barriers_and_take_the_sequence_kernels():
     """haste's LayerNorm cells (modes LN_LSTM, LN_GRU): three and two barriers a step where programs meet (each
     1 us in the model), forward and backward; the LayerNorm LSTM's backward reads W_hh even when resident; with
     one program a row, each phase pays the step's chain; the path is always the sequence kernels."""
+    narrow = sequence_plan("LN_LSTM", 16, 512, 0, torch.bfloat16)  # KP 512: its backward keeps W_hh on chip too
+    assert narrow.resident and (dispatch.backward_step_seconds("LN_LSTM", 16, 512, 0, torch.bfloat16, narrow)
+                                - dispatch.backward_step_seconds("LSTM", 16, 512, 0, torch.bfloat16, narrow)
+                                == pytest.approx(2 * dispatch.BARRIER_S))
     assert [dispatch.meetings_per_step(m, 0) for m in ("LSTM", "GRU", "LN_LSTM", "LN_GRU")] == [1, 1, 3, 2]
     assert dispatch.meetings_per_step("LSTM", 8) == 2
     resident = sequence_plan("LN_LSTM", 16, 768, 0, torch.bfloat16)
@@ -285,7 +289,7 @@ def test_layer_norm_modes_count_their_barriers_and_take_the_sequence_kernels():
         plain = sequence_step_seconds(mode, 16, 768, 0, torch.bfloat16, resident)
         normed = sequence_step_seconds("LN_" + mode, 16, 768, 0, torch.bfloat16, resident)
         assert normed - plain == pytest.approx(extra * dispatch.BARRIER_S)
-    w_reads = 4 * 768 * 16 * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM  # its columns of W_hh, streamed backward
+    w_reads = 4 * 768 * 16 * 2 / dispatch.L2_BYTES_PER_S_PER_PROGRAM  # its columns of W_hh (KP 1024), streamed
     assert (dispatch.backward_step_seconds("LN_LSTM", 16, 768, 0, torch.bfloat16, resident)
             - dispatch.backward_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, resident)
             == pytest.approx(2 * dispatch.BARRIER_S + w_reads))
