@@ -117,7 +117,8 @@ def check(name: str, dtype: torch.dtype, batch: int, hidden: int, directions: in
     reverse = False
     if one is None:
         slices = _slices(mode, batch, hidden, hidden // 2 if proj else 0, dtype, sms, directions)
-        one = make_plan(batch, hidden, dtype, slices, sms, concurrent=True, directions=directions)
+        one = dispatch.for_mode(make_plan(batch, hidden, dtype, slices, sms, concurrent=True, directions=directions),
+                                mode)
     stepped = dataclasses.replace(one, one_launch=False)
     start = time.perf_counter()
     want, _ = _run(a, cell, reverse, stepped)

@@ -325,7 +325,7 @@ def _call_sequence_launchers(case: Case, sms: int, shared: int) -> None:
     R = H // 2 if case.cell == "LSTM_PROJ" else H
     D = 1 if case.reverse else 2
     dtype = getattr(torch, case.dtype)
-    mode = case.cell.removesuffix("_PROJ")
+    mode = ("LN_" if case.layer_norm else "") + case.cell.removesuffix("_PROJ")  # the op's plan is the LN mode's
     head = H // case.heads if case.heads > 1 else 0
     plan = sequence_plan(mode, B, H, R if R != H else 0, dtype, sms, concurrent=True, shared=shared, directions=D,
                          head_dim=head)

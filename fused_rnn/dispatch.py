@@ -123,6 +123,16 @@ def make_plan(batch: int, hidden: int, dtype: torch.dtype, slices: int, sms: int
     return _with_heads(SequencePlan(blocks, slices, directions=directions), hidden, head_dim, concurrent, fits)
 
 
+def for_mode(plan: SequencePlan, mode: str) -> SequencePlan:
+    """``plan`` as ``mode`` takes it: haste's LayerNorm LSTM streams W_hh in 16-wide blocks (its kernels with the
+    32-wide blocks of half types, every phase in one launch, spilled 16-40 B on sm_80 and sm_90: compile report);
+    every other mode as it is."""
+    if mode != "LN_LSTM" or plan.blocks.block_h <= RESIDENT_BLOCK_H:
+        return plan
+    return dataclasses.replace(plan, blocks=dataclasses.replace(plan.blocks, block_h=RESIDENT_BLOCK_H,
+                                                                block_k=RESIDENT_BLOCK_H))
+
+
 def resident_plan(batch: int, hidden: int, dtype: torch.dtype, sms: int, concurrent: bool,
                   rows: int = RESIDENT_ROWS[0], directions: int = 1, head_dim: int = 0) -> SequencePlan:
     """The weight-stationary plan: batch tiles of ``rows`` rows, each split into programs of RESIDENT_BLOCK_H
@@ -248,7 +258,7 @@ def _costed_plans(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     block_h = sequence_blocks(batch, hidden_size, dtype).block_h
     plans = []
     for together in sorted({1, directions}):
-        plans += [make_plan(batch, hidden_size, dtype, n, sms, True, together, head_dim)
+        plans += [for_mode(make_plan(batch, hidden_size, dtype, n, sms, True, together, head_dim), mode)
                   for n in slice_choices(hidden_size, proj_size, block_h, head_dim)]
         # with W_hr too, the resident backward spills; so does the TF32 one with heads 128 wide or more
         if on_tensor_cores(dtype, tf32) and proj_size == 0 and not _heads_spill(dtype, hidden_size, head_dim):
@@ -310,7 +320,8 @@ def sequence_plan(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
         return resident_plan(batch, hidden_size, dtype, sms, concurrent, _forced_rows or RESIDENT_ROWS[0], directions,
                              head_dim)
     if _forced_slices is not None:
-        return make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent, directions, head_dim)
+        return for_mode(make_plan(batch, hidden_size, dtype, _forced_slices, sms, concurrent, directions, head_dim),
+                        mode)
     costed = _costed_plans(mode, batch, hidden_size, proj_size, dtype, tf32_products(dtype), sms, shared, directions,
                            head_dim)
     _, best = _cheapest(costed)

@@ -298,4 +298,9 @@ def test_layer_norm_modes_count_their_barriers_and_take_the_sequence_kernels():
             - sequence_step_seconds("LSTM", 16, 768, 0, torch.bfloat16, one)
             == pytest.approx(2 * dispatch.STEP_LATENCY_S))
     assert choose_path("LN_GRU", 4096, 0, torch.float64) == "sequence"
+    # the LayerNorm LSTM streams in 16-wide blocks (32-wide half-type ones spilled); the GRU keeps 32
+    assert sequence_plan("LN_LSTM", 16, 40, 0, torch.bfloat16).blocks.block_h == 16
+    assert sequence_plan("LN_GRU", 16, 40, 0, torch.bfloat16).blocks.block_h == 32
+    with force_path("sequence", slices=1):
+        assert sequence_plan("LN_LSTM", 16, 1000, 0, torch.float16).blocks.block_h == 16
     assert "stepwise" not in predicted_steps("LN_LSTM", 64, 512, 0, torch.bfloat16)
