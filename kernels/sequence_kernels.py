@@ -702,7 +702,8 @@ def _meta(cell: int, reverse: bool, dtype: torch.dtype, plan: SequencePlan) -> d
 
 # The widest resident reduction (KP) of the LayerNorm LSTM's backward: at KP = 1024 its one-launch form (three
 # phases, W_hh's four gate blocks on chip) spilled 8-16 B on sm_80 and sm_90 at 255 registers; up to 512 it
-# compiles without spills (docs/compile-report.md). Wider, that backward streams W_hh; its forward stays resident.
+# compiles without spills, except with zoneout (KP 256 and 512 spilled 8-16 B on sm_80; docs/compile-report.md).
+# Wider, or with zoneout, that backward streams W_hh; its forward stays resident.
 LN_LSTM_BACKWARD_KP = 512
 
 
@@ -963,7 +964,7 @@ def sequence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, ws, cs, ce
     for d, rev in _launches(plan, D, reverse):
         meta = _meta(cell, rev, y.dtype, plan)
         kp = _resident_width(plan, H, span)
-        if norm and cell == LSTM and kp > LN_LSTM_BACKWARD_KP:  # it would spill: stream W_hh (the forward keeps it)
+        if norm and cell == LSTM and (kp > LN_LSTM_BACKWARD_KP or zoneout):  # it would spill: stream W_hh
             kp = 0
         meta.update(DIRS=D, HAS_PROJ=w_hr is not None, HEADS=HD < R, ZONEOUT=zoneout, LN=norm,
                     STATE_GRADS=dcs is not None, KP=kp)

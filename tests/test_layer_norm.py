@@ -109,20 +109,23 @@ def _haste_run(cell: str, state: dict, x, h0, c0, zoneout: float, mask, training
     return h[1:], h[-1]
 
 
-# training on every plan; eval (haste's blend, no other kernel path) on programs that meet
-RUNS = [(True, plan) for plan in PLANS] + [(False, "three-slices")]
+# (training, plan, zoneout): training with zoneout on every plan, and weight-stationary without (the LayerNorm
+# LSTM's backward keeps W_hh on chip only without zoneout); eval (haste's blend) on programs that meet
+RUNS = [(True, plan, 0.3) for plan in PLANS] + [(True, "resident", 0.0), (False, "three-slices", 0.3)]
 
 
-@pytest.mark.parametrize(("training", "plan"), RUNS, ids=[f"{'training' if t else 'eval'}-{p}" for t, p in RUNS])
+@pytest.mark.parametrize(("training", "plan", "zoneout"), RUNS,
+                         ids=[f"{'training' if t else 'eval'}-{p}-zoneout{z}" for t, p, z in RUNS])
 @pytest.mark.parametrize("cell", list(MODULES))
-def test_haste_weights_equal_haste(cell, training, plan, device):
-    """A LayerNorm layer with a haste layer's parameters and zoneout 0.3: outputs, final states and the gradients
-    of the input, the initial states and every haste parameter (gains and c's bias included) equal haste's
+def test_haste_weights_equal_haste(cell, training, plan, zoneout, device):
+    """A LayerNorm layer with a haste layer's parameters, zoneout 0.3 (weight-stationary also without): outputs,
+    final states and the gradients of the input, the initial states and every haste parameter (gains and c's bias
+    included) equal haste's
     (fp64), with the masks the layer drew (same seed) in training and haste's blend in eval; on the sequence
     kernels, one program a row, three that meet, and weight-stationary; outputs poisoned with NaN first."""
     g = torch.Generator().manual_seed(1)
     state = {k: v.to(device) for k, v in _haste(cell, g).items()}
-    module = MODULES[cell](I, H, zoneout=0.3, dtype=torch.float64, device=device).train(training)
+    module = MODULES[cell](I, H, zoneout=zoneout, dtype=torch.float64, device=device).train(training)
     module.load_haste_state_dict(state)
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64).to(device).requires_grad_()
     h0 = torch.randn(1, B, H, generator=g, dtype=torch.float64).to(device).requires_grad_()
@@ -139,7 +142,7 @@ def test_haste_weights_equal_haste(cell, training, plan, device):
     torch.manual_seed(7)
     mask = zoneout_keep(module, T, B, x)
     leaves = {k: v.clone().requires_grad_() for k, v in state.items()}
-    theirs = _haste_run(cell, leaves, x, h0[0], c0[0], 0.3, mask if training else None, training)
+    theirs = _haste_run(cell, leaves, x, h0[0], c0[0], zoneout, mask if training and zoneout else None, training)
     theirs = [theirs[0], *(t[None] for t in theirs[1:])]
     for o, t, name in zip(ours, theirs, ["y", "h_n", "c_n"], strict=False):
         assert_close(o, t, torch.float64, f"{cell} {name}")
