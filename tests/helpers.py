@@ -141,3 +141,25 @@ def assert_rejected_like_torch(
         assert re.search(match, str(got)), str(got)
     after = snapshot(fused)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def assert_equals_haste(cell: str, ours: list[torch.Tensor], got: list[torch.Tensor], wrt: list[torch.Tensor],
+                        leaves: dict[str, torch.Tensor], theirs: tuple[torch.Tensor, ...],
+                        mapped: torch.nn.Module) -> None:
+    """A fused layer against haste's result (fp64): ``ours`` its outputs (y, h_n (, c_n)), ``got`` the gradients of
+    sum(o cos o) over them with respect to ``wrt`` (x, h0 (, c0)) then the layer's parameters; ``theirs`` haste's
+    (every output (T, B, H), then its final states) from its parameters ``leaves``. The parameters' gradients are
+    compared by loading haste's into ``mapped``, a fresh layer of the same kind (ours are haste's transposed and
+    reordered); haste has one bias where the LSTM and the IndRNN have two (summed): both get that gradient."""
+    theirs = [theirs[0], *(t[None] for t in theirs[1:])]
+    for o, t, name in zip(ours, theirs, ["y", "h_n", "c_n"], strict=False):
+        assert_close(o, t, torch.float64, f"{cell} {name}")
+    loss = sum((t * torch.cos(t)).sum() for t in theirs)
+    want = torch.autograd.grad(loss, wrt + list(leaves.values()))
+    for k, name in enumerate(["dx", "dh0", "dc0"][: len(wrt)]):
+        assert_close(got[k], want[k], torch.float64, f"{cell} {name}")
+    mapped.load_haste_state_dict(dict(zip(leaves, want[len(wrt):], strict=True)))
+    for (name, expected), grad in zip(mapped.named_parameters(), got[len(wrt):], strict=True):
+        if name == "bias_hh_l0" and cell != "gru":
+            expected = mapped.bias_ih_l0
+        assert_close(grad, expected, torch.float64, f"{cell} d{name}")

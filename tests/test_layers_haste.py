@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import fused_path_only
-from helpers import assert_close
+from helpers import assert_close, assert_equals_haste
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
@@ -103,20 +103,7 @@ def test_haste_weights_and_zoneout_equal_haste(cell, training, device):
         assert 0.5 < mask.mean().item() < 0.9 and set(mask.unique().tolist()) == {0.0, 1.0}
     leaves = {k: v.clone().requires_grad_() for k, v in state.items()}
     theirs = _haste_run(cell, leaves, x, h0[0], c0[0], 0.3, mask if training else None, training)
-    theirs = [theirs[0], *(t[None] for t in theirs[1:])]
-    for o, t, name in zip(ours, theirs, ["y", "h_n", "c_n"], strict=False):
-        assert_close(o, t, torch.float64, f"{cell} {name}")
-    loss = sum((t * torch.cos(t)).sum() for t in theirs)
-    want = torch.autograd.grad(loss, wrt + list(leaves.values()))
-    for k, name in enumerate(["dx", "dh0", "dc0"][: len(wrt)]):
-        assert_close(got[k], want[k], torch.float64, f"{cell} {name}")
-    # the parameters: ours are haste's transposed and reordered, so compare by loading haste's gradients
-    mapped = MODULES[cell](I, H, dtype=torch.float64, device=device)
-    mapped.load_haste_state_dict(dict(zip(leaves, want[len(wrt):], strict=True)))
-    for (name, expected), grad in zip(mapped.named_parameters(), got[len(wrt):], strict=True):
-        if name == "bias_hh_l0" and cell != "gru":  # haste has one bias; ours are two, summed
-            expected = mapped.bias_ih_l0
-        assert_close(grad, expected, torch.float64, f"{cell} d{name}")
+    assert_equals_haste(cell, ours, got, wrt, leaves, theirs, MODULES[cell](I, H, dtype=torch.float64, device=device))
 
 
 def test_same_seed_same_masks_and_a_forgotten_mask_shows(device):
