@@ -78,7 +78,8 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             for d, w in enumerate(directions):
                 b_ih, b_hh = (w[2][None], w[3][None]) if module.bias else (None, None)
                 if norm:  # the input product normalised (outside the time loop), then the biases
-                    xp, b_hn = sequence_ops.project(_normalised_input(x, w[0], lns[d][0]), None, b_ih, b_hh, cell)
+                    xp, b_hn = sequence_ops.project(normalised_inputs(x, w[0][None], lns[d][0][None]), None, b_ih,
+                                                    b_hh, cell)
                 else:
                     xp, b_hn = sequence_ops.project(x, w[0][None], b_ih, b_hh, cell)
                 y, h, c = reference.sequence(
@@ -97,8 +98,7 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
             w_hr = _stacked([w[-1] for w in directions]) if proj > 0 else None
             ln = None
             if norm:  # the op takes the normalised input products (the directions side by side) as its x
-                x = torch.cat([_normalised_input(x, w[0], g[0]) for w, g in zip(directions, lns)], dim=-1)
-                w_ih = None
+                x, w_ih = normalised_inputs(x, w_ih, _stacked([g[0] for g in lns])), None
                 ln = _stacked([g[1] for g in lns]) if lns[0][1] is not None else None  # None: the input only
             inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0[rows], None if c0 is None else c0[rows])
             save = _differentiated(*inputs, ln)  # else the gates are not written
@@ -110,10 +110,13 @@ def run_layers(module: nn.RNNBase, x: Tensor, h0: Tensor, c0: Tensor | None, len
     return x, torch.cat(h_n), (torch.cat(c_n) if cell in (K.LSTM, K.SLSTM) else None)
 
 
-def _normalised_input(x: Tensor, w_ih: Tensor, gain: Tensor) -> Tensor:
-    """haste's normalised input product LN(x W_ih^T) * gain, (T, B, G), normalised over its G values."""
-    product = F.linear(x, w_ih)
-    return F.layer_norm(product, (product.shape[-1],), gain, eps=reference.LN_EPS)
+def normalised_inputs(x: Tensor, w_ih: Tensor, gains: Tensor) -> Tensor:
+    """haste's normalised input products LN(x W_ih^T) * gain of D directions, (T, B, I) -> (T, B, D*G), the
+    directions side by side (as ``sequence_ops.project``'s xp): one GEMM for every direction, each direction's G
+    values normalised on their own. w_ih (D, G, I), gains (D, G)."""
+    directions, gates, _ = w_ih.shape
+    product = F.linear(x, w_ih.reshape(directions * gates, -1)).unflatten(-1, (directions, gates))
+    return (F.layer_norm(product, (gates,), eps=reference.LN_EPS) * gains).flatten(-2)
 
 
 def zoneout_keep(module: nn.RNNBase, steps: int, batch: int, x: Tensor) -> Tensor | None:

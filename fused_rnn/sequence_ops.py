@@ -48,7 +48,8 @@ def plan_for(cell: int, batch: int, w_hh: Tensor, w_hr: Tensor | None, dtype: to
     directions, _, hidden, state, head_dim = K.layer_sizes(w_hh, w_hr, cell)
     proj = state if w_hr is not None else 0
     sms, shared = dispatch.device_sms(device), dispatch.device_shared(device)
-    return dispatch.sequence_plan(("LN_" if layer_norm else "") + MODES[cell], batch, hidden, proj, dtype, sms, not interpreting(), shared, directions,
+    mode = ("LN_" if layer_norm else "") + MODES[cell]
+    return dispatch.sequence_plan(mode, batch, hidden, proj, dtype, sms, not interpreting(), shared, directions,
                                   head_dim if head_dim < hidden else 0)
 
 

@@ -60,7 +60,7 @@ def _loop(module: torch.nn.Module) -> Callable:
     zoneout with a fresh mask; the recurrent products, and c, normalised at each step)."""
     from fused_rnn import reference, sequence_ops
     from fused_rnn.kernels.sequence_kernels import CELLS
-    from fused_rnn.layers import _normalised_input, zoneout_keep
+    from fused_rnn.layers import normalised_inputs, zoneout_keep
 
     cell = CELLS[module.mode]
     norm = getattr(module, "layer_norm", False)
@@ -70,7 +70,8 @@ def _loop(module: torch.nn.Module) -> Callable:
         biases = module.bias_ih_l0[None], module.bias_hh_l0[None]
         if norm:
             gain_ih, ln = module.layer_norm_weights(0)
-            xp, b_hn = sequence_ops.project(_normalised_input(x, module.weight_ih_l0, gain_ih), None, *biases, cell)
+            xp, b_hn = sequence_ops.project(normalised_inputs(x, module.weight_ih_l0[None], gain_ih[None]), None,
+                                            *biases, cell)
         else:
             ln = None
             xp, b_hn = sequence_ops.project(x, module.weight_ih_l0[None], *biases, cell)
